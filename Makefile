@@ -1,0 +1,63 @@
+# Every target that runs Python first makes sure .venv exists and matches pyproject.toml (the stamp file is
+# keyed on the hash of pyproject.toml, so a second `make test` does not reinstall anything).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SPEC_HASH := $(shell sha256sum pyproject.toml | cut -c1-16)
+STAMP := $(VENV)/.installed-$(SPEC_HASH)
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-slow test-all lint demo demo-quick chapter2-depth chapter2-normals chapter2 \
+        chapter3 bench clean clean-runs
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install the pinned dependencies (once per pyproject.toml)
+
+test: $(STAMP) ## run the default test suite (CPU, a few minutes)
+	$(PY) -m pytest
+
+test-slow: $(STAMP) ## run only the heavier tests marked `slow`
+	$(PY) -m pytest -m slow
+
+test-all: $(STAMP) ## run every test, slow ones included
+	$(PY) -m pytest -m "slow or not slow"
+
+lint: $(STAMP) ## ruff over the whole tree
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP) ## the main job: the dissertation in miniature on generated worlds, CPU (ARGS="--force" reruns)
+	$(PY) -m demo $(ARGS)
+
+demo-quick: $(STAMP) ## a few-minute version of the miniature for smoke checks
+	$(PY) -m demo --quick $(ARGS)
+
+chapter2-depth: $(STAMP) ## SharinGAN depth, end to end on real data (ARGS="data.vkitti_root=... data.kitti_root=...")
+	$(PY) -m sharingan.pipeline --task depth $(ARGS)
+
+chapter2-normals: $(STAMP) ## SharinGAN face normals, end to end on real data (ARGS="data.... ")
+	$(PY) -m sharingan.pipeline --task normals $(ARGS)
+
+chapter2: chapter2-depth chapter2-normals ## both Chapter 2 experiments
+
+chapter3: $(STAMP) ## LD-ZNet, ZNet, RGBNet end to end with real SD weights and data (ARGS="...")
+	$(PY) -m ldznet.pipeline $(ARGS)
+
+bench: $(STAMP) ## speed and memory of every method, side by side (benchmarks/results/)
+	$(PY) -m benchmarks $(ARGS)
+
+clean: ## remove caches (keeps .venv and runs/)
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -prune -not -path './.venv/*' -exec rm -rf {} +
+
+clean-runs: ## remove run outputs under runs/
+	rm -rf runs

@@ -1,0 +1,135 @@
+"""Experiment configs: small YAML files that compose, plus `key=value` command-line overrides.
+
+An experiment file may start with a `defaults:` list naming other YAML files. They are merged left to right,
+then the file itself on top, then the command-line overrides (omegaconf dotlist). A path in `defaults` is
+relative to the including file, or to the `experiments/` folder when it starts with `/`; `.yaml` may be left out.
+
+    # experiments/chapter2/depth_sharingan.yaml
+    defaults: [depth_base, /common/trainer]
+    optim.task.lr: 1e-4
+
+An override of a key that no file defines is an error that lists the valid keys (a typo must not silently
+start a 3-day run with the default value); `+key=value` adds a new key on purpose.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from common.checkpoints import write_text
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS_ROOT = REPO_ROOT / "experiments"
+
+
+class ConfigKeyError(KeyError):
+    """An override names a key that the composed config does not have."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
+        return str(self.args[0])
+
+
+def _resolve_include(name: str, including_file: Path) -> Path:
+    base = EXPERIMENTS_ROOT if name.startswith("/") else including_file.parent
+    path = base / name.lstrip("/")
+    if path.suffix not in (".yaml", ".yml"):
+        path = path.with_name(path.name + ".yaml")
+    if not path.is_file():
+        raise FileNotFoundError(f"config {including_file}: defaults entry {name!r} -> {path} does not exist")
+    return path
+
+
+def _load_composed(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    path = Path(path).resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ValueError(f"config include cycle: {chain}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    node = OmegaConf.load(path)
+    if not isinstance(node, DictConfig):
+        raise ValueError(f"config {path}: top level must be a mapping, got {type(node).__name__}")
+    defaults = node.pop("defaults", None)
+    if defaults is None:
+        return node
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    if not isinstance(defaults, (list, ListConfig)):
+        raise ValueError(f"config {path}: `defaults` must be a list of file names")
+    parts = [_load_composed(_resolve_include(str(name), path), (*seen, path)) for name in defaults]
+    return OmegaConf.merge(*parts, node)
+
+
+def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in cfg.items_ex(resolve=False) if hasattr(cfg, "items_ex") else cfg.items():
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        if isinstance(value, DictConfig):
+            keys.extend(_all_keys(value, dotted + "."))
+    return keys
+
+
+def _has_key(cfg: DictConfig, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if isinstance(node, DictConfig) and part in node:
+            node = node._get_node(part)
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))
+        else:
+            return False
+    return True
+
+
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Apply `key=value` overrides; unknown keys raise ConfigKeyError listing the valid ones."""
+    overrides = list(overrides)
+    plain, additions = [], []
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        if item.startswith("+"):
+            additions.append(item[1:])
+            continue
+        key = item.split("=", 1)[0]
+        if not _has_key(cfg, key):
+            valid = _all_keys(cfg)
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigKeyError(
+                f"unknown config key {key!r} in override {item!r}.{hint} Valid keys: {', '.join(sorted(valid))}"
+                " (prefix with '+' to add a new key)"
+            )
+        plain.append(item)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(plain), OmegaConf.from_dotlist(additions))
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose an experiment file with its `defaults` and apply `key=value` overrides."""
+    cfg = _load_composed(Path(path))
+    return apply_overrides(cfg, overrides)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    """Write the resolved config (interpolations evaluated) atomically."""
+    write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def parse_cli(argv: Sequence[str]) -> tuple[Path, list[str]]:
+    """Split `[experiment=]PATH.yaml key=value ...` into the experiment path and the overrides."""
+    experiment, overrides = None, []
+    for arg in argv:
+        if experiment is None and arg.startswith("experiment="):
+            experiment = arg.split("=", 1)[1]
+        elif experiment is None and "=" not in arg and arg.endswith((".yaml", ".yml")):
+            experiment = arg
+        else:
+            overrides.append(arg)
+    if experiment is None:
+        raise SystemExit("usage: python -m <module> EXPERIMENT.yaml [key=value ...] (no experiment file given)")
+    return Path(experiment), overrides

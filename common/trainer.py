@@ -1,0 +1,71 @@
+"""Build a Lightning Trainer from a config node (the `trainer:` section of an experiment).
+
+The node holds plain `pl.Trainer` keyword arguments (accelerator, devices, precision, strategy, max_steps,
+log_every_n_steps, ...). Added here: TensorBoard logging into `<run>/tb`, ModelCheckpoint into
+`<run>/checkpoints` (always `last.ckpt`; `best.ckpt` when a metric to monitor is given), the TQDM progress bar.
+Several GPUs get DDP through Lightning's own strategy; nothing here launches processes by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
+
+DEFAULTS: dict[str, Any] = {
+    "accelerator": "auto",
+    "devices": "auto",
+    "precision": "32-true",
+    "strategy": "auto",
+    "log_every_n_steps": 10,
+}
+# Keys of the trainer node that are ours, not pl.Trainer's.
+OWN_KEYS = ("progress_refresh_rate", "checkpoint_every_n_steps")
+
+
+def _device_count(accelerator: str, devices: Any) -> int:
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if str(devices) == "auto" and accelerator in ("auto", "gpu", "cuda"):
+        return max(torch.cuda.device_count(), 1)
+    return 1
+
+
+def build_trainer(trainer_cfg: DictConfig | dict | None, run_dir: str | Path, monitor: str | None = None,
+                  mode: str = "max", callbacks: Sequence[Callback] = ()) -> pl.Trainer:
+    """Trainer with logger, checkpoints and progress bar wired to `run_dir`."""
+    options = dict(DEFAULTS)
+    if trainer_cfg is not None:
+        given = OmegaConf.to_container(trainer_cfg, resolve=True) if isinstance(trainer_cfg, DictConfig) \
+            else dict(trainer_cfg)
+        options.update(given)
+    refresh_rate = int(options.pop("progress_refresh_rate", 1))
+    every_n_steps = options.pop("checkpoint_every_n_steps", None)
+    if options["strategy"] == "auto" and _device_count(options["accelerator"], options["devices"]) > 1:
+        # Manual-optimisation modules (SharinGAN) may leave parameters unused in a step.
+        options["strategy"] = "ddp_find_unused_parameters_true"
+
+    run_dir = Path(run_dir)
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    checkpoint_kwargs: dict[str, Any] = {
+        "dirpath": str(run_dir / "checkpoints"),
+        "save_last": True,
+        "auto_insert_metric_name": False,
+    }
+    if every_n_steps:
+        checkpoint_kwargs["every_n_train_steps"] = int(every_n_steps)
+    if monitor:
+        checkpoint_kwargs.update(monitor=monitor, mode=mode, save_top_k=1, filename="best")
+    else:
+        checkpoint_kwargs.update(save_top_k=0)
+    all_callbacks = [ModelCheckpoint(**checkpoint_kwargs), TQDMProgressBar(refresh_rate=refresh_rate),
+                     *callbacks]
+    return pl.Trainer(logger=logger, callbacks=all_callbacks, default_root_dir=str(run_dir), **options)
