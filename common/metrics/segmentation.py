@@ -48,6 +48,8 @@ class ThresholdSweepMetrics:
         if probabilities.shape != gt.shape:
             raise ValueError(f"probabilities {probabilities.shape} and ground truth {gt.shape} differ in shape; "
                              "resize the prediction to the ground-truth size first")
+        if not np.isfinite(probabilities).all():
+            raise ValueError("probabilities contain NaN or infinite values")
         if probabilities.min() < 0.0 or probabilities.max() > 1.0:
             raise ValueError("probabilities must lie in [0, 1] (apply a sigmoid to logits first)")
         # bucket[k] = number of thresholds strictly below p, so p > THRESHOLDS[j] exactly when j < bucket.

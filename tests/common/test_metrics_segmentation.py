@@ -83,5 +83,7 @@ def test_bad_inputs():
         metrics.add(np.zeros((2, 2)), np.zeros((3, 2)))
     with pytest.raises(ValueError, match="sigmoid"):
         metrics.add(np.full((2, 2), 3.0), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.add(np.full((2, 2), np.nan), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="no sample"):
         metrics.compute()
