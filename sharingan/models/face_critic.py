@@ -15,20 +15,17 @@ LADDER = (32, 64, 128, 256, 512, 512)
 
 
 class FaceCritic(nn.Module):
-    """(B,3,S,S) shared-domain image -> (B,1) critic score. S must be `image_size` (a multiple of 64).
+    """(B,3,S,S) shared-domain image -> (B,1) critic score; S must equal `image_size`.
 
     Args:
-        image_size: input side; fixes the flattened size (512 * (S/64)^2 at width 1).
+        image_size: input side; fixes the flattened size (512 * ceil(S/64)^2 at width 1; 2048 at 128).
         width: channel multiplier for the convolutions and the hidden linear layers.
     """
 
     def __init__(self, image_size: int = 128, width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
-        downsampling = 2 ** len(LADDER)
-        if image_size % downsampling:
-            raise ValueError(f"FaceCritic: image_size must be a multiple of {downsampling}, got {image_size}")
-        if width <= 0:
-            raise ValueError(f"FaceCritic: width must be > 0, got {width}")
+        if width <= 0 or image_size < 1:
+            raise ValueError(f"FaceCritic: width and image_size must be positive, got {width}, {image_size}")
         self.image_size = image_size
         layers: list[nn.Module] = []
         channels = in_channels
@@ -38,7 +35,9 @@ class FaceCritic(nn.Module):
                        nn.Conv2d(out, out, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
             channels = out
         self.features = nn.Sequential(*layers)
-        side = image_size // downsampling
+        side = image_size
+        for _ in LADDER:  # a 3x3, stride-2, padding-1 convolution maps a side n to ceil(n / 2)
+            side = (side + 1) // 2
         hidden1, hidden2 = max(1, round(1024 * width)), max(1, round(512 * width))
         self.classifier = nn.Sequential(
             nn.Flatten(),
