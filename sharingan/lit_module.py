@@ -1,0 +1,374 @@
+"""SharinGAN end-to-end training (dissertation §2.2, eq. 2.10; official schedule in research sharingan.md §5).
+
+One LightningModule for every task (the task's networks, data and L_T come from `sharingan.tasks.<task>`).
+Manual optimisation, three optimisers. One training iteration =
+    `steps.critic` critic updates on the same pair G(x_s), G(x_r) (computed once, no gradient to G),
+    `steps.generator` generator updates with α1 L_adv + α2 L_r + α3 L_T (critic and T frozen; gradients flow
+    through T into G),
+    `steps.task` task-network updates with L_T on G's outputs (G frozen).
+Depth uses 5/1/1 on one batch; faces use 5/3/1 with a fresh batch for every G and T step
+(`fresh_batch_per_step: true`: the loader then yields one batch of `chunks x batch size` that is split).
+Switches: `use_sharingan: false` trains T alone on the raw images with L_T (the "no SharinGAN" ablation of
+Tables 2.5/2.6); `use_reconstruction: false` drops L_r (second row of those tables).
+
+Lightning counts every optimiser step as a global step, so one iteration is
+`optimizer_steps_per_iteration(cfg)` global steps; `sharingan.train` converts iterations accordingly.
+
+Networks checkpoints (`save_networks` / `load_networks`): a plain dict of state dicts plus the task name,
+input size, stage and resolved config, read back with `weights_only=True`; eval and predict rebuild the
+networks from the stored config and refuse a checkpoint of another task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from common.checkpoints import load_torch, save_torch
+from sharingan.losses import SharinGANWeights, critic_loss, generator_adversarial_loss, reconstruction_loss
+from sharingan.tasks import load_task
+
+CHECKPOINT_FORMAT = "sharingan-networks/1"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configuration helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def adam_settings(cfg: DictConfig, network: str) -> dict[str, Any]:
+    """Adam lr/betas for `network` ("generator", "critic", "task_network") in the end-to-end stage.
+
+    `optim.values` picks `effective` (what the official code really ran with: G 5e-5 (0.5, 0.9), T 1e-4
+    (0.95, 0.999), D 1e-5 (0.9, 0.999), because loading the pretrained optimiser states restores their
+    param groups) or `nominal` (the 1e-5 everywhere written in the code and §2.3.1.2).
+    """
+    choice = str(cfg.optim.get("values", "effective"))
+    if choice not in ("effective", "nominal"):
+        raise ValueError(f"config key optim.values must be 'effective' or 'nominal', got {choice!r}")
+    node = cfg.optim[choice][network]
+    return {"lr": float(node.lr), "betas": tuple(float(b) for b in node.betas),
+            "weight_decay": float(node.get("weight_decay", 0.0))}
+
+
+def step_counts(cfg: DictConfig) -> tuple[int, int, int]:
+    steps = cfg.sharingan.steps
+    counts = int(steps.critic), int(steps.generator), int(steps.task)
+    if min(counts) < 0 or counts[2] < 1:
+        raise ValueError(f"sharingan.steps must be non-negative with at least one task step, got {counts}")
+    return counts
+
+
+def optimizer_steps_per_iteration(cfg: DictConfig) -> int:
+    critic, generator, task = step_counts(cfg)
+    return critic + generator + task if cfg.sharingan.use_sharingan else task
+
+
+def batch_chunks(cfg: DictConfig) -> int:
+    """How many equal chunks one loader batch holds: 1, or 1 + G steps + T steps for fresh batches."""
+    if not cfg.sharingan.get("fresh_batch_per_step", False) or not cfg.sharingan.use_sharingan:
+        return 1
+    _, generator, task = step_counts(cfg)
+    return 1 + generator + task
+
+
+def split_batch(batch: Any, chunks: int) -> list[Any]:
+    """Split every tensor of a (nested) batch into `chunks` equal parts along dimension 0."""
+    if chunks == 1:
+        return [batch]
+    if isinstance(batch, Tensor):
+        if batch.shape[0] % chunks:
+            raise ValueError(f"batch of {batch.shape[0]} cannot be split into {chunks} equal chunks "
+                             "(set the loader batch size to chunks x per-step batch size)")
+        return list(batch.chunk(chunks))
+    if isinstance(batch, Mapping):
+        parts = {key: split_batch(value, chunks) for key, value in batch.items()}
+        return [{key: value[index] for key, value in parts.items()} for index in range(chunks)]
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], str):
+        size = len(batch) // chunks
+        return [list(batch[index * size:(index + 1) * size]) for index in range(chunks)]
+    return [batch] * chunks
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Temporarily stop parameter gradients (inputs still receive gradients through the module)."""
+    params = [p for module in modules if module is not None for p in module.parameters()]
+    states = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, state in zip(params, states):
+            p.requires_grad_(state)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Networks checkpoints
+# ----------------------------------------------------------------------------------------------------------
+
+
+def save_networks(path: str | Path, cfg: DictConfig, networks: Mapping[str, nn.Module | None], stage: str,
+                  step: int = 0, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the networks' weights with everything needed to rebuild them (atomic, weights-only loadable)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "task": str(cfg.task),
+        "stage": stage,
+        "step": int(step),
+        "input_size": [int(v) for v in cfg.data.size],
+        "use_sharingan": bool(networks.get("generator") is not None),
+        "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "networks": {name: module.state_dict() for name, module in networks.items() if module is not None},
+        "extra": dict(extra or {}),
+    }
+    save_torch(payload, path)
+    return Path(path)
+
+
+def read_networks_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]:
+    payload = load_torch(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a SharinGAN networks checkpoint (expected format {CHECKPOINT_FORMAT!r}; "
+                         "Lightning .ckpt files are exported to checkpoints/networks_*.pt by training)")
+    if task is not None and payload["task"] != task:
+        raise ValueError(f"checkpoint {path} is for task {payload['task']!r}, not {task!r}")
+    return payload
+
+
+def load_networks(path: str | Path, task: str | None = None, overrides: tuple[str, ...] | list[str] = ()
+                  ) -> tuple[dict[str, nn.Module | None], DictConfig, dict[str, Any]]:
+    """Rebuild the networks of a checkpoint from its stored config and load their weights.
+
+    Returns ({"generator": G or None, "critic": D or None, "task_network": T}, config, payload). `overrides`
+    (`key=value`) are applied to the stored config (e.g. data roots for evaluation).
+    """
+    from common.config import apply_overrides
+
+    payload = read_networks_checkpoint(path, task)
+    cfg = apply_overrides(OmegaConf.create(payload["config"]), overrides)
+    module = load_task(payload["task"])
+    built = module.build_networks(cfg)
+    networks: dict[str, nn.Module | None] = {}
+    for name in ("generator", "critic", "task_network"):
+        state = payload["networks"].get(name)
+        if state is None:
+            networks[name] = None
+            continue
+        try:
+            built[name].load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(f"checkpoint {path}: weights of {name} do not fit the network built from its "
+                             f"stored config: {error}") from error
+        networks[name] = built[name].eval()
+    if networks["task_network"] is None:
+        raise ValueError(f"checkpoint {path} holds no task_network weights")
+    return networks, cfg, payload
+
+
+def load_pretrained(module: nn.Module, path: str | Path, name: str, task: str) -> None:
+    """Initialise one network from a networks checkpoint of an earlier stage (pretrain G / pretrain T)."""
+    payload = read_networks_checkpoint(path, task)
+    if name not in payload["networks"]:
+        raise ValueError(f"checkpoint {path} has no {name} weights (it holds {sorted(payload['networks'])})")
+    try:
+        module.load_state_dict(payload["networks"][name])
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {path}: {name} weights do not fit this config's network: {error}") from error
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The end-to-end module
+# ----------------------------------------------------------------------------------------------------------
+
+
+class SharinGANModule(pl.LightningModule):
+    """G, D and T trained end to end with eq. 2.10 (or T alone when `use_sharingan` is false)."""
+
+    def __init__(self, cfg: DictConfig, networks: Mapping[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.task = load_task(str(cfg.task))
+        self.automatic_optimization = False
+        self.use_sharingan = bool(cfg.sharingan.use_sharingan)
+        self.use_reconstruction = bool(cfg.sharingan.use_reconstruction)
+        self.critic_steps, self.generator_steps, self.task_steps = step_counts(cfg)
+        self.chunks = batch_chunks(cfg)
+        weights = cfg.sharingan.weights
+        self.weights = SharinGANWeights(adversarial=float(weights.adversarial),
+                                        reconstruction=float(weights.reconstruction), task=float(weights.task),
+                                        gradient_penalty=float(weights.gradient_penalty))
+        networks = networks if networks is not None else self.task.build_networks(cfg)
+        self.task_network = networks["task_network"]
+        self.generator = networks["generator"] if self.use_sharingan else None
+        self.critic = networks["critic"] if self.use_sharingan else None
+        self.task_loss = self.task.build_task_loss(cfg)
+        self.image_every = int(cfg.logging.get("image_every", 0) or 0)
+        self.iteration = 0
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def networks(self) -> dict[str, nn.Module | None]:
+        return {"generator": self.generator, "critic": self.critic, "task_network": self.task_network}
+
+    def shared(self, image: Tensor) -> Tensor:
+        """The shared-domain image G(x) (the raw image when SharinGAN is switched off)."""
+        return self.generator(image) if self.generator is not None else image
+
+    def task_objective(self, shared_synthetic: Tensor, shared_real: Tensor, batch: Mapping
+                       ) -> tuple[Tensor, dict[str, Tensor], Any, Any]:
+        """L_T on both domains (eq. 2.8 / 2.9) from the shared images."""
+        predictions_synthetic = self.task_network(shared_synthetic)
+        predictions_real = self.task_network(shared_real)
+        loss_synthetic, terms = self.task_loss.synthetic(predictions_synthetic, batch["synthetic"])
+        loss_real, terms_real = self.task_loss.real(predictions_real, batch["real"])
+        terms = {**terms, **terms_real}
+        return loss_synthetic + loss_real, terms, predictions_synthetic, predictions_real
+
+    def _log_terms(self, terms: Mapping[str, Tensor], batch_size: int) -> None:
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, prog_bar=name.endswith("/total"), batch_size=batch_size)
+
+    # -- Lightning hooks -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        task = torch.optim.Adam(self.task_network.parameters(), **adam_settings(self.cfg, "task_network"))
+        if not self.use_sharingan:
+            return [task]
+        critic = torch.optim.Adam(self.critic.parameters(), **adam_settings(self.cfg, "critic"))
+        generator = torch.optim.Adam(self.generator.parameters(), **adam_settings(self.cfg, "generator"))
+        return [critic, generator, task]
+
+    def training_step(self, batch: Mapping, batch_index: int) -> None:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        chunks = split_batch(batch, self.chunks)
+        terms: dict[str, Tensor] = {}
+        panels_batch = chunks[0]
+
+        if self.use_sharingan:
+            critic_optimizer, generator_optimizer, task_optimizer = optimizers
+            # 1. critic steps on one fixed pair of shared images
+            first = chunks[0]
+            with torch.no_grad():
+                shared_synthetic = self.generator(first["synthetic"]["image"])
+                shared_real = self.generator(first["real"]["image"])
+            for _ in range(self.critic_steps):
+                loss, critic_terms = critic_loss(self.critic, shared_synthetic, shared_real,
+                                                 self.weights.gradient_penalty)
+                critic_optimizer.zero_grad()
+                self.manual_backward(loss)
+                critic_optimizer.step()
+                terms.update(critic_terms)
+            # 2. generator steps: α1 L_adv + α2 L_r + α3 L_T, critic and T frozen
+            for index in range(self.generator_steps):
+                part = chunks[min(1 + index, len(chunks) - 1)]
+                x_synthetic, x_real = part["synthetic"]["image"], part["real"]["image"]
+                with frozen(self.critic, self.task_network):
+                    shared_synthetic = self.generator(x_synthetic)
+                    shared_real = self.generator(x_real)
+                    adversarial = generator_adversarial_loss(self.critic, shared_synthetic, shared_real)
+                    task_value, task_terms, _, _ = self.task_objective(shared_synthetic, shared_real, part)
+                    loss = self.weights.adversarial * adversarial + self.weights.task * task_value
+                    if self.use_reconstruction:
+                        reconstruction = (reconstruction_loss(shared_synthetic, x_synthetic)
+                                          + reconstruction_loss(shared_real, x_real))
+                        loss = loss + self.weights.reconstruction * reconstruction
+                        terms["generator/reconstruction"] = reconstruction.detach()
+                    generator_optimizer.zero_grad()
+                    self.manual_backward(loss)
+                    generator_optimizer.step()
+                terms.update({"generator/adversarial": adversarial.detach(), "generator/total": loss.detach()})
+        else:
+            (task_optimizer,) = optimizers
+
+        # 3. task-network steps on the shared images (G frozen)
+        for index in range(self.task_steps):
+            part = chunks[-1 - (self.task_steps - 1 - index)] if self.chunks > 1 else chunks[0]
+            with torch.no_grad():
+                shared_synthetic = self.shared(part["synthetic"]["image"])
+                shared_real = self.shared(part["real"]["image"])
+            task_value, task_terms, predictions_synthetic, predictions_real = self.task_objective(
+                shared_synthetic, shared_real, part)
+            task_optimizer.zero_grad()
+            self.manual_backward(task_value)
+            task_optimizer.step()
+            terms.update(task_terms)
+            terms["task/total"] = task_value.detach()
+
+        self._log_terms(terms, int(chunks[0]["synthetic"]["image"].shape[0]))
+        if self.image_every and self.iteration % self.image_every == 0:
+            self.log_images(panels_batch)
+        self.iteration += 1
+
+    def log_images(self, batch: Mapping) -> None:
+        """Fig 2.4 panels (x, G(x), |x - G(x)| per domain) and the task's prediction panels."""
+        logger = self.logger
+        if logger is None or not hasattr(logger, "experiment") or not hasattr(logger.experiment, "add_images"):
+            return
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            for domain in ("synthetic", "real"):
+                image = batch[domain]["image"][:4]
+                shared = self.shared(image)
+                display, display_shared = self.task.to_display(image), self.task.to_display(shared)
+                difference = (display - display_shared).abs()
+                step = self.global_step
+                logger.experiment.add_images(f"images/{domain}/x", display, step)
+                logger.experiment.add_images(f"images/{domain}/G(x)", display_shared, step)
+                logger.experiment.add_images(f"images/{domain}/abs_x_minus_G(x)", difference, step)
+                predictions = self.task_network(shared)
+                sub_batch = {key: value[:4] if isinstance(value, Tensor) else value
+                             for key, value in batch[domain].items()}
+                for name, panel in self.task.prediction_panels(predictions, sub_batch, domain).items():
+                    logger.experiment.add_images(f"images/{domain}/{name}", panel, step)
+        self.train(was_training)
+
+    def validation_step(self, batch: Mapping, batch_index: int) -> None:
+        metrics = self.task.validation_metrics(self.generator, self.task_network, batch)
+        size = int(batch["image"].shape[0]) if isinstance(batch, Mapping) and "image" in batch else 1
+        for name, value in metrics.items():
+            self.log(f"val/{name}", float(value), batch_size=size, prog_bar=name == "a1")
+        experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
+        if batch_index == 0 and hasattr(self.task, "validation_panels") and hasattr(experiment, "add_images"):
+            with torch.no_grad():
+                panels = self.task.validation_panels(self.generator, self.task_network, batch)
+            for name, panel in panels.items():
+                experiment.add_images(f"val_images/{name}", panel, self.global_step)
+
+
+class ExportNetworks(pl.Callback):
+    """Writes `networks_last.pt` at the end of training and `networks_best.pt` when the monitored
+    validation metric improves (the official code selects the best KITTI-val checkpoint)."""
+
+    def __init__(self, directory: str | Path, cfg: DictConfig, stage: str,
+                 monitor: tuple[str, str] | None = None) -> None:
+        self.directory, self.cfg, self.stage, self.monitor = Path(directory), cfg, stage, monitor
+        self.best: float | None = None
+
+    def _networks(self, module: pl.LightningModule) -> dict[str, nn.Module | None]:
+        return module.networks()
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.monitor is None or trainer.sanity_checking:
+            return
+        name, mode = self.monitor
+        value = trainer.callback_metrics.get(name)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is None or (value > self.best if mode == "max" else value < self.best):
+            self.best = value
+            save_networks(self.directory / "networks_best.pt", self.cfg, self._networks(module), self.stage,
+                          trainer.global_step, {"monitor": name, "value": value})
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        save_networks(self.directory / "networks_last.pt", self.cfg, self._networks(module), self.stage,
+                      trainer.global_step)
