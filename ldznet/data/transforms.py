@@ -7,6 +7,8 @@ masks are float tensors (1, H, W) in {0, 1}, resized with nearest neighbour.
 
 from __future__ import annotations
 
+import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,28 +16,36 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from common.checkpoints import atomic_write
+from common.images import load_image_rgb
+
+log = logging.getLogger(__name__)
+
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB (greyscale/palette/RGBA converted); missing file named."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except OSError as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    """Read an image file as HxWx3 uint8 RGB; missing, corrupt or truncated files raise errors naming them.
+
+    Greyscale, palette, RGBA (composited on white when partly transparent) and 16-bit files (value / 257) are
+    converted by `common.images.load_image_rgb`; the conversion note is logged at INFO level.
+    """
+    image, note = load_image_rgb(path)
+    if note:
+        log.info("%s", note)
+    return image
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> Path:
-    """Write an HxWx3 (or HxW) uint8 array; the format follows the suffix (.jpg, .png)."""
+    """Write an HxWx3 (or HxW) uint8 array atomically; the format follows the suffix (.jpg, .png)."""
     path = Path(path)
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
         raise ValueError(f"{path}: expected an HxW or HxWx3 uint8 array, got {array.dtype} {array.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg") else {}
-    Image.fromarray(array).save(path, **kwargs)
+    encoded = io.BytesIO()
+    Image.fromarray(array).save(encoded, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"),
+                                **kwargs)
+    with atomic_write(path, "wb") as file:  # an interrupted conversion never leaves a half-written image
+        file.write(encoded.getvalue())
     return path
 
 

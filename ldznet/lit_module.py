@@ -1,0 +1,271 @@
+"""Lightning training of the Chapter 3 segmenters (dissertation §3.3; research ldznet.md §3.1).
+
+- Loss: binary cross-entropy with logits over all pixels at the input resolution.
+- Optimiser: AdamW (the released code; the dissertation says Adam: `optim.optimizer: adam`) with
+  lr = base_learning_rate x batch size x devices x gradient accumulation, the CompVis scaling the paper
+  describes as "5e-7 per mini-batch sample, per gpu" (8 GPUs x batch 4 -> 1.6e-5).
+- ReduceLROnPlateau (factor 0.5, patience 1) on the epoch-mean training loss, as the released config.
+- EMA of the trainable weights (decay 0.9999 with the (1+n)/(10+n) warm-up of LDM's LitEma); validation,
+  the exported segmenter and the evaluation use the EMA weights.
+- Gradient checkpointing (`model.gradient_checkpointing`) and bf16 (`trainer.precision: bf16-mixed`) are
+  config switches; several GPUs run DDP through Lightning (common.trainer).
+- Validation: loss and the CLIPSeg metrics (mIoU / IoU_FG best, AP) of the EMA model; TensorBoard gets mask
+  overlays (image | ground truth | prediction) for the first validation batch and every `log_images_every`
+  training steps. Under DDP the validation metrics are per-rank means (the final evaluation is single-process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.metrics.segmentation import ThresholdSweepMetrics
+from common.runs import write_metrics
+from common.viz import image_grid, overlay_mask
+from ldznet.checkpoints import DEFAULT_TASK, save_segmenter, segmenter_header
+from ldznet.models import build_segmenter, model_options
+from ldznet.stable_diffusion import components_from_config
+
+log = logging.getLogger(__name__)
+
+OPTIM_DEFAULTS: dict[str, Any] = {
+    "optimizer": "adamw",
+    "base_learning_rate": 5.0e-7,
+    "batch_size": 4,
+    "weight_decay": 0.01,
+    "plateau_factor": 0.5,
+    "plateau_patience": 1,
+    "ema": True,
+    "ema_decay": 0.9999,
+    "head_learning_rate_scale": 1.0,  # 1 = the paper; >1 speeds up tiny CPU runs (the 55-weight head learns slowly)
+}
+
+
+class TrainableEMA:
+    """Exponential moving average of the trainable parameters (float32 copies)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999):
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow = {name: parameter.detach().float().clone() for name, parameter in model.named_parameters()
+                       if parameter.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, parameter in model.named_parameters():
+            if name in self.shadow:
+                shadow = self.shadow[name]
+                if shadow.device != parameter.device:
+                    shadow = self.shadow[name] = shadow.to(parameter.device)
+                shadow.lerp_(parameter.detach().float(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Temporarily put the EMA weights into `model`."""
+        backup = {}
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in self.shadow:
+                    backup[name] = parameter.detach().clone()
+                    parameter.copy_(self.shadow[name].to(parameter.device, parameter.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    if name in backup:
+                        parameter.copy_(backup[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates,
+                "shadow": {name: value.detach().cpu() for name, value in self.shadow.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        missing = sorted(set(self.shadow) - set(state["shadow"]))
+        if missing:
+            raise ValueError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {missing[:3]}")
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        self.shadow = {name: value.float().clone() for name, value in state["shadow"].items()}
+
+
+def scaled_learning_rate(base: float, batch_size: int, devices: int, accumulation: int) -> float:
+    """CompVis scaling: lr = base x batch x devices x accumulation (5e-7 x 4 x 8 x 1 = 1.6e-5)."""
+    return float(base) * int(batch_size) * int(devices) * int(accumulation)
+
+
+def overlay_panel(images: torch.Tensor, masks: torch.Tensor, logits: torch.Tensor, count: int = 4) -> torch.Tensor:
+    """Rows of (image | ground truth in green | prediction p > 0.5 in red | p as grey), one (3, H', W') image."""
+    images = ((images[:count].detach().float().cpu() + 1) / 2).clamp(0, 1)
+    probability = torch.sigmoid(logits[:count].detach().float().cpu())
+    truth = overlay_mask(images, masks[:count].cpu(), color=(0, 255, 0))
+    predicted = overlay_mask(images, (probability > 0.5).float())
+    rows = torch.stack([images, truth, predicted, probability.expand_as(images)], dim=1).flatten(0, 1)
+    return image_grid(rows, nrow=4)
+
+
+class SegmenterLitModule(pl.LightningModule):
+    """Trains one segmenter variant; `model_cfg` / `optim_cfg` are the config's `model` / `optim` nodes."""
+
+    def __init__(self, model_cfg: Mapping, optim_cfg: Mapping | None = None, task: str = DEFAULT_TASK,
+                 log_images_every: int = 500, components=None, run_dir: str | Path | None = None):
+        super().__init__()
+        model_cfg = model_options(model_cfg)
+        stable_diffusion = dict(model_cfg.get("stable_diffusion") or {})
+        for key in ("path", "tokenizer_path"):  # absolute, so checkpoints load from any working folder
+            if stable_diffusion.get(key) and Path(stable_diffusion[key]).exists():
+                stable_diffusion[key] = str(Path(stable_diffusion[key]).resolve())
+        model_cfg["stable_diffusion"] = stable_diffusion
+        optim_cfg = {**OPTIM_DEFAULTS, **dict(optim_cfg or {})}
+        unknown = sorted(set(optim_cfg) - set(OPTIM_DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown optim option(s) {unknown}; valid: {sorted(OPTIM_DEFAULTS)}")
+        self.save_hyperparameters({"model_cfg": model_cfg, "optim_cfg": optim_cfg, "task": task,
+                                   "log_images_every": log_images_every})
+        if components is None:
+            components = components_from_config(model_cfg.get("stable_diffusion") or {})
+        self.stable_diffusion_record = dict(components.record)
+        self.model = build_segmenter(model_cfg, components)
+        self.model_cfg, self.optim_cfg, self.task = model_cfg, optim_cfg, task
+        self.log_images_every = int(log_images_every)
+        self.ema = TrainableEMA(self.model, optim_cfg["ema_decay"]) if optim_cfg["ema"] else None
+        self.strict_loading = False  # frozen SD weights are not stored in checkpoints
+        self.val_metrics: ThresholdSweepMetrics | None = None
+        self._ema_context = None
+        self.learning_rate: float | None = None
+        self.run_dir = Path(run_dir) if run_dir is not None else None  # where on_train_end exports
+
+    # --- training ---------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self.model(images, prompts)
+
+    def _loss(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(batch["image"], list(batch["prompt"]))
+        return F.binary_cross_entropy_with_logits(logits.float(), batch["mask"].float()), logits
+
+    def training_step(self, batch: Mapping, batch_index: int) -> torch.Tensor:
+        loss, logits = self._loss(batch)
+        batch_size = batch["image"].shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
+                 batch_size=batch_size)
+        if self.log_images_every and self.global_step % self.log_images_every == 0:
+            self._log_overlays("train/overlays", batch, logits)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # EMA after each real optimiser step (before Lightning's checkpoint callback sees the step)
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    # --- validation (EMA weights) -------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.val_metrics = ThresholdSweepMetrics()
+        if self.ema is not None:
+            self._ema_context = self.ema.applied(self.model)
+            self._ema_context.__enter__()
+
+    def validation_step(self, batch: Mapping, batch_index: int) -> torch.Tensor:
+        loss, logits = self._loss(batch)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
+        probabilities = torch.sigmoid(logits.float()).cpu()
+        for probability, mask in zip(probabilities, batch["mask"].cpu()):
+            self.val_metrics.add(probability[0], mask[0])
+        if batch_index == 0:
+            self._log_overlays("val/overlays", batch, logits)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        if self._ema_context is not None:
+            self._ema_context.__exit__(None, None, None)
+            self._ema_context = None
+        if self.val_metrics is not None and self.val_metrics.count:
+            metrics = self.val_metrics.compute()
+            for key in ("miou_best", "fgiou_best", "ap", "miou_0.3", "fgiou_0.3"):
+                self.log(f"val/{key}", metrics[key], sync_dist=True)
+
+    def _log_overlays(self, tag: str, batch: Mapping, logits: torch.Tensor) -> None:
+        logger = self.logger
+        if logger is None or not hasattr(logger, "experiment") or not hasattr(logger.experiment, "add_image"):
+            return
+        if self.trainer is not None and not self.trainer.is_global_zero:
+            return
+        panel = overlay_panel(batch["image"], batch["mask"], logits)
+        logger.experiment.add_image(tag, panel, self.global_step)
+        prompts = " | ".join(list(batch["prompt"])[:4])
+        logger.experiment.add_text(tag + "/prompts", prompts, self.global_step)
+
+    # --- optimisation -------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        trainer = self._trainer  # None when called outside a Trainer (tests)
+        devices = trainer.world_size if trainer is not None else 1
+        accumulation = trainer.accumulate_grad_batches if trainer is not None else 1
+        self.learning_rate = scaled_learning_rate(self.optim_cfg["base_learning_rate"],
+                                                  self.optim_cfg["batch_size"], devices, accumulation)
+        log.info("learning rate %.3g = base %.3g x batch %d x devices %d x accumulation %d", self.learning_rate,
+                 self.optim_cfg["base_learning_rate"], self.optim_cfg["batch_size"], devices, accumulation)
+        head = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("head.")]
+        rest = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+        groups = [{"params": rest, "lr": self.learning_rate},
+                  {"params": head, "lr": self.learning_rate * float(self.optim_cfg["head_learning_rate_scale"])}]
+        name = self.optim_cfg["optimizer"]
+        if name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, weight_decay=self.optim_cfg["weight_decay"])
+        elif name == "adam":
+            optimizer = torch.optim.Adam(groups, lr=self.learning_rate)
+        else:
+            raise ValueError(f"optim.optimizer must be 'adamw' or 'adam', got {name!r}")
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.optim_cfg["plateau_factor"],
+            patience=self.optim_cfg["plateau_patience"])
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "train/loss_epoch", "interval": "epoch",
+                                 "strict": False}}
+
+    # --- checkpoints --------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trainable weights (the frozen SD parts come from the SD path) and add EMA + header."""
+        trainable = {"model." + name for name, parameter in self.model.named_parameters() if parameter.requires_grad}
+        checkpoint["state_dict"] = {key: value for key, value in checkpoint["state_dict"].items() if key in trainable}
+        checkpoint["ldznet_segmenter"] = segmenter_header(self.model_cfg, self.task, self.stable_diffusion_record)
+        if self.ema is not None:
+            checkpoint["ema_state_dict"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None and checkpoint.get("ema_state_dict"):
+            self.ema.load_state_dict(checkpoint["ema_state_dict"])
+
+    def on_train_end(self) -> None:
+        """Export inside the training process(es), so spawned DDP workers export their own EMA: a final
+        `last.ckpt` (atomic rename), `segmenter.pt` and the training summary in `metrics.json`."""
+        if self.run_dir is None:
+            return
+        trainer = self.trainer
+        temporary = self.run_dir / "checkpoints" / ".last.ckpt.tmp"
+        trainer.save_checkpoint(temporary)  # every rank calls it; rank 0 writes
+        if not trainer.is_global_zero:
+            return
+        os.replace(temporary, self.run_dir / "checkpoints" / "last.ckpt")
+        save_segmenter(self.model, self.run_dir / "segmenter.pt", self.model_cfg, task=self.task,
+                       ema_state_dict=self.ema_state_dict(), stable_diffusion_record=self.stable_diffusion_record,
+                       extra={"global_step": int(trainer.global_step), "learning_rate": self.learning_rate})
+        validation = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
+        write_metrics(self.run_dir, {
+            "variant": self.model.variant, "task": self.task, "global_step": int(trainer.global_step),
+            "learning_rate": self.learning_rate, "validation": validation,
+            "segmenter": str(self.run_dir / "segmenter.pt"), "stable_diffusion": self.stable_diffusion_record,
+        })
+
+    def ema_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return None if self.ema is None else {name: value.cpu() for name, value in self.ema.shadow.items()}

@@ -1,0 +1,150 @@
+"""Internal features of the frozen LDM: outputs of its spatial-attention modules (dissertation §3.2.2, Fig 3.4).
+
+SD v1's UNet has 16 spatial-attention (Transformer2DModel) modules; numbered 1-16 in forward order they are
+(research ldznet.md §2.1):
+
+    1-2   down_blocks.0.attentions.0/1     C0, latent/1      11-13 up_blocks.2.attentions.0/1/2  C1, latent/2
+    3-4   down_blocks.1.attentions.0/1     C1, latent/2      14-16 up_blocks.3.attentions.0/1/2  C0, latent/1
+    5-6   down_blocks.2.attentions.0/1     C2, latent/4
+    7     mid_block.attentions.0           C3, latent/8
+    8-10  up_blocks.1.attentions.0/1/2     C2, latent/4
+
+LD-ZNet uses blocks 6-10 (all 1280 channels in SD). `LDMFeatures` runs the frozen UNet once on the noised
+latent z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps, conditioned on the same text, takes the wanted outputs with
+forward hooks, and stops the UNet right after the last wanted block (blocks 11-16 and the eps head are never
+computed). Timestep and noise (§2.3): t uniform in [300, 500) with fresh noise in training, as the LD-ZNet code;
+at evaluation a fixed t (default 400) and noise drawn from a fixed seed, so evaluation is repeatable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+SPATIAL_ATTENTION_COUNT = 16
+LDZNET_BLOCKS = (6, 7, 8, 9, 10)
+
+
+@dataclass(frozen=True)
+class SpatialAttentionBlock:
+    """One of the 16 spatial-attention modules: its 1-based number, diffusers name, channels, downsampling."""
+
+    number: int
+    name: str
+    channels: int
+    downsampling: int  # feature side = latent side / downsampling
+
+    def size(self, latent_size: int) -> int:
+        return latent_size // self.downsampling
+
+
+def spatial_attention_blocks(unet: nn.Module) -> list[SpatialAttentionBlock]:
+    """The 16 spatial-attention modules of an SD-v1-shaped UNet in forward order (raises for other shapes)."""
+    levels = len(unet.down_blocks)
+    found = []
+    for level, block in enumerate(unet.down_blocks):
+        for index, attention in enumerate(getattr(block, "attentions", None) or []):
+            found.append((f"down_blocks.{level}.attentions.{index}", attention.in_channels, 2 ** level))
+    for index, attention in enumerate(getattr(unet.mid_block, "attentions", None) or []):
+        found.append((f"mid_block.attentions.{index}", attention.in_channels, 2 ** (levels - 1)))
+    for level, block in enumerate(unet.up_blocks):
+        for index, attention in enumerate(getattr(block, "attentions", None) or []):
+            found.append((f"up_blocks.{level}.attentions.{index}", attention.in_channels, 2 ** (levels - 1 - level)))
+    if len(found) != SPATIAL_ATTENTION_COUNT:
+        raise ValueError(f"expected an SD v1 UNet with {SPATIAL_ATTENTION_COUNT} spatial-attention modules, found "
+                         f"{len(found)}: {[name for name, _, _ in found]}")
+    return [SpatialAttentionBlock(number, name, channels, downsampling)
+            for number, (name, channels, downsampling) in enumerate(found, start=1)]
+
+
+def check_block_numbers(blocks: Sequence[int]) -> tuple[int, ...]:
+    blocks = tuple(int(block) for block in blocks)
+    bad = [block for block in blocks if not 1 <= block <= SPATIAL_ATTENTION_COUNT]
+    if bad or not blocks:
+        raise ValueError(f"spatial-attention block numbers must be in 1..{SPATIAL_ATTENTION_COUNT}, got {blocks}")
+    return blocks
+
+
+class _StopForward(Exception):
+    """Raised by the last hook to end the frozen UNet's forward pass early."""
+
+
+class LDMFeatures(nn.Module):
+    """Frozen SD UNet -> {block number: feature (B, C, h, w)} after the chosen spatial-attention modules."""
+
+    def __init__(self, unet: nn.Module, scheduler, blocks: Sequence[int] = LDZNET_BLOCKS,
+                 train_timesteps: Sequence[int] = (300, 500), eval_timestep: int = 400, eval_noise_seed: int = 0):
+        super().__init__()
+        self.unet = unet.requires_grad_(False).eval()
+        self.scheduler = scheduler
+        self.blocks = check_block_numbers(blocks)
+        self.layout = {block.number: block for block in spatial_attention_blocks(unet)}
+        low, high = (int(value) for value in train_timesteps)
+        steps = scheduler.config.num_train_timesteps
+        if not 0 <= low < high <= steps or not 0 <= int(eval_timestep) < steps:
+            raise ValueError(f"timesteps must lie in [0, {steps}): train range [{low}, {high}), eval {eval_timestep}")
+        self.train_timesteps = (low, high)
+        self.eval_timestep = int(eval_timestep)
+        self.eval_noise_seed = int(eval_noise_seed)
+
+    def train(self, mode: bool = True) -> LDMFeatures:
+        super().train(mode)
+        self.unet.eval()
+        return self
+
+    def sample_timesteps_and_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: t ~ U[low, high) per sample and fresh noise; eval: fixed t and seeded noise."""
+        batch = z.shape[0]
+        if self.training:
+            timesteps = torch.randint(*self.train_timesteps, (batch,), device=z.device)
+            return timesteps, torch.randn_like(z)
+        generator = torch.Generator().manual_seed(self.eval_noise_seed)
+        noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
+        return torch.full((batch,), self.eval_timestep, device=z.device, dtype=torch.long), noise
+
+    def add_noise(self, z: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.scheduler.add_noise(z, noise, timesteps.to(z.device))
+
+    @torch.no_grad()
+    def forward(self, z: torch.Tensor, text_states: torch.Tensor, timesteps: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None, blocks: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+        """Features of `blocks` (default: the configured ones) for clean latents z (noised here)."""
+        if timesteps is None or noise is None:
+            sampled_timesteps, sampled_noise = self.sample_timesteps_and_noise(z)
+            timesteps = sampled_timesteps if timesteps is None else timesteps
+            noise = sampled_noise if noise is None else noise
+        noisy = self.add_noise(z, noise, timesteps)
+        return self.features_of_noisy(noisy, timesteps, text_states, blocks)
+
+    @torch.no_grad()
+    def features_of_noisy(self, noisy: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor,
+                          blocks: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+        """Run the frozen UNet on z_t up to the last wanted block and return the hooked outputs."""
+        wanted = check_block_numbers(blocks) if blocks is not None else self.blocks
+        modules = dict(self.unet.named_modules())
+        last = max(wanted)
+        features: dict[int, torch.Tensor] = {}
+
+        def make_hook(number: int):
+            def hook(_module, _inputs, output):
+                features[number] = output[0] if isinstance(output, tuple) else output.sample
+                if number == last:
+                    raise _StopForward
+
+            return hook
+
+        handles = [modules[self.layout[number].name].register_forward_hook(make_hook(number)) for number in wanted]
+        try:
+            self.unet(noisy, timesteps, encoder_hidden_states=text_states)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        missing = [number for number in wanted if number not in features]
+        if missing:
+            raise RuntimeError(f"LDM blocks {missing} produced no features (UNet forward did not reach them)")
+        return {number: features[number] for number in wanted}

@@ -1,0 +1,165 @@
+"""Training (issue item 5): lr scaling, EMA, checkpoints, a tiny Lightning run with TensorBoard overlays."""
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.checkpoints import load_torch
+from common.config import load_config
+from ldznet.checkpoints import load_segmenter, save_segmenter
+from ldznet.lit_module import SegmenterLitModule, TrainableEMA, scaled_learning_rate
+from ldznet.models import build_segmenter
+from ldznet.stable_diffusion import load_stable_diffusion
+from ldznet.tiny_configs import write_tiny_stable_diffusion, write_toy_phrasecut
+from ldznet.train import train
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return {"sd": write_tiny_stable_diffusion(root / "tiny_sd", seed=2),
+            "phrasecut": write_toy_phrasecut(root / "VGPhraseCut_v0", samples_per_split=4, size=64)}
+
+
+def test_learning_rate_is_base_times_batch_devices_accumulation():
+    assert scaled_learning_rate(5e-7, 4, 8, 1) == pytest.approx(1.6e-5)  # the paper's 8 x A100, batch 4
+    assert scaled_learning_rate(5e-7, 2, 1, 3) == pytest.approx(3e-6)
+
+
+def test_optimiser_and_plateau_schedule(world):
+    components = load_stable_diffusion(world["sd"], hash_files=False)
+    module = SegmenterLitModule({"variant": "znet", "image_size": 64},
+                                {"base_learning_rate": 5e-7, "batch_size": 4, "head_learning_rate_scale": 10.0},
+                                components=components)
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.01
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([2e-6, 2e-5])
+    assert sum(p.numel() for p in optimizer.param_groups[1]["params"]) == 55  # the head
+    trainable = sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+    assert sum(p.numel() for group in optimizer.param_groups for p in group["params"]) == trainable
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert scheduler.factor == 0.5 and scheduler.patience == 1
+    assert configured["lr_scheduler"]["monitor"] == "train/loss_epoch"
+
+
+def test_ema_warm_up_and_swap():
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = TrainableEMA(model, decay=0.9999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay = min(0.9999, (1 + 1) / (10 + 1)) = 2/11
+    assert ema.shadow["weight"].item() == pytest.approx(9 / 11)
+    ema.update(model)  # decay = 3/12: 3/12 * 9/11 + 9/12 * 1
+    assert ema.shadow["weight"].item() == pytest.approx(3 / 12 * 9 / 11 + 9 / 12)
+    with ema.applied(model):
+        assert model.weight.item() == pytest.approx(ema.shadow["weight"].item())
+    assert model.weight.item() == 1.0
+
+
+def test_znet_overfits_one_batch(world):
+    components = load_stable_diffusion(world["sd"], hash_files=False)
+    torch.manual_seed(0)
+    model = build_segmenter({"variant": "znet", "image_size": 64}, components).train()
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[:, :, 16:48, 16:48] = 1
+    head = list(model.head.parameters())
+    rest = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("head.")]
+    # the 55-weight head learns slowly at SD's rate; optim.head_learning_rate_scale plays this role in training
+    optimizer = torch.optim.Adam([{"params": rest, "lr": 1e-3}, {"params": head, "lr": 3e-2}])
+    losses = []
+    for _ in range(12):
+        loss = F.binary_cross_entropy_with_logits(model(images, ["red square", "blue square"]), masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_save_and_load_segmenter_prefers_ema_and_checks_variant(world, tmp_path):
+    components = load_stable_diffusion(world["sd"], hash_files=False)
+    model_cfg = {"variant": "ldznet", "image_size": 64,
+                 "stable_diffusion": {"path": str(world["sd"]), "architecture": "tiny"}}
+    model = build_segmenter(model_cfg, copy.deepcopy(components))
+    ema = {name: torch.full_like(p, 0.5) for name, p in model.named_parameters() if p.requires_grad}
+    path = save_segmenter(model, tmp_path / "segmenter.pt", model_cfg, ema_state_dict=ema,
+                          stable_diffusion_record=components.record)
+    loaded = load_segmenter(path, variant="ldznet", task="phrasecut")
+    assert not loaded.training
+    assert torch.equal(loaded.head.layers[0].weight, torch.full_like(loaded.head.layers[0].weight, 0.5))
+    raw = load_segmenter(path, use_ema=False)
+    assert torch.equal(raw.head.layers[0].weight, model.head.layers[0].weight)
+    with pytest.raises(ValueError, match="variant mismatch"):
+        load_segmenter(path, variant="znet")
+    with pytest.raises(ValueError, match="task mismatch"):
+        load_segmenter(path, task="aigi")
+
+
+def test_tiny_training_run(world, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config("experiments/chapter3/tiny.yaml", [
+        "model.variant=ldznet", f"model.stable_diffusion.path={world['sd']}",
+        f"data.train.root={world['phrasecut']}", f"data.val.root={world['phrasecut']}",
+        "trainer.max_steps=3", "+trainer.accumulate_grad_batches=2", "data.val_limit=2",
+    ])
+    run_dir = train(cfg, root=tmp_path / "runs")
+
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["global_step"] == 3 and summary["variant"] == "ldznet"
+    assert summary["learning_rate"] == pytest.approx(5e-5 * 2 * 1 * 2)  # base x batch x devices x accumulation
+    assert "val/miou_best" in summary["validation"] and summary["stable_diffusion"]["sha256"]
+    # Lightning checkpoint: trainable weights only (+ EMA and the header), readable with weights_only=True
+    checkpoint = load_torch(run_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["ldznet_segmenter"]["variant"] == "ldznet"
+    assert not any(key.startswith(("model.latent_encoder", "model.ldm_features", "model.text_conditioning"))
+                   for key in checkpoint["state_dict"])
+    assert checkpoint["global_step"] == 3 and checkpoint["ema_state_dict"]["updates"] == 3
+    model = load_segmenter(run_dir / "segmenter.pt", variant="ldznet")
+    from_lightning = load_segmenter(run_dir / "checkpoints" / "last.ckpt")
+    images = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(model(images, ["red square"]), from_lightning(images, ["red square"]))
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0}).Reload()
+    assert {"val/overlays", "train/overlays"} <= set(events.Tags()["images"])
+    assert "train/loss_step" in events.Tags()["scalars"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["rgbnet", "znet", "ldznet_concat"])
+def test_tiny_training_bf16_and_gradient_checkpointing(world, tmp_path, variant):
+    cfg = load_config("experiments/chapter3/tiny.yaml", [
+        f"model.variant={variant}", f"model.stable_diffusion.path={world['sd']}", "model.gradient_checkpointing=true",
+        f"data.train.root={world['phrasecut']}", f"data.val.root={world['phrasecut']}",
+        "trainer.max_steps=2", "trainer.precision=bf16-mixed", "data.val_limit=2",
+    ])
+    run_dir = train(cfg, root=tmp_path / "runs")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["global_step"] == 2 and summary["variant"] == variant
+    assert torch.isfinite(torch.tensor(summary["validation"]["val/loss"]))
+
+
+@pytest.mark.slow
+def test_tiny_training_ddp_on_two_cpu_processes(world, tmp_path):
+    """DDP through Lightning (gloo, spawned workers): lr counts the devices; the export holds the workers' EMA."""
+    cfg = load_config("experiments/chapter3/tiny.yaml", [
+        "model.variant=ldznet", f"model.stable_diffusion.path={world['sd']}",
+        f"data.train.root={world['phrasecut']}", f"data.val.root={world['phrasecut']}", "data.val_limit=2",
+        "trainer.max_steps=2", "trainer.devices=2", "trainer.strategy=ddp_spawn",
+    ])
+    run_dir = train(cfg, root=tmp_path / "runs")
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["learning_rate"] == pytest.approx(5e-5 * 2 * 2 * 1)  # base x batch x 2 devices x accumulation
+    checkpoint = load_torch(run_dir / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 2 and checkpoint["ema_state_dict"]["updates"] == 2
+    exported = load_torch(run_dir / "segmenter.pt")
+    assert all(torch.equal(exported["ema_state_dict"][name], value)
+               for name, value in checkpoint["ema_state_dict"]["shadow"].items())
