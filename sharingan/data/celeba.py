@@ -23,6 +23,7 @@ from common.checkpoints import write_text
 from sharingan.data.sfsnet_synthetic import (
     FaceLabelDataset,
     read_face_csv,
+    read_rgb,
     real_looking_face,
     split_records,
     to_chw,
@@ -96,10 +97,7 @@ class CelebAImages(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path = self.root / IMAGE_FOLDER / self.names[index]
-        array = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if array is None:
-            raise ValueError(f"cannot decode CelebA image {path}")
-        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+        array = read_rgb(path)  # whole file decoded: a truncated JPEG is an error naming it
         crop = crop_face(array, self.crop_size, self.crop_center, self.image_size)
         return {"image": to_chw(crop), "name": self.names[index]}
 

@@ -14,13 +14,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common.checkpoints import write_text
-from sharingan.data.sfsnet_synthetic import read_mask, read_rgb, real_looking_face, to_chw, write_png
+from sharingan.data.sfsnet_synthetic import (
+    check_same_size,
+    read_mask,
+    read_rgb,
+    real_looking_face,
+    resize_square,
+    to_chw,
+    write_png,
+)
 
 RESULTS_FOLDER = "photoface-results"
 LIST_FILES = {"train": "Photoface_train_list.txt", "test": "Photoface_test_list.txt",
@@ -119,13 +128,17 @@ class PhotofaceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image_path = self.root / self.entries[index].relative
         size = self.image_size
-        normal = torch.from_numpy(read_rgb(sibling(image_path, "normal"))).permute(2, 0, 1)
-        normal = F.normalize(2.0 * normal - 1.0, dim=0)
+        normal_path, mask_path = sibling(image_path, "normal"), sibling(image_path, "mask")
+        image, normal_rgb = read_rgb(image_path), read_rgb(normal_path)
+        mask = read_mask(mask_path, None, MASK_THRESHOLD)
+        check_same_size(f"Photoface sample {self.entries[index].relative}", image=(image_path, image),
+                        normal=(normal_path, normal_rgb), mask=(mask_path, mask))
+        normal = F.normalize(2.0 * torch.from_numpy(normal_rgb).permute(2, 0, 1) - 1.0, dim=0)
         if normal.shape[-1] != size or normal.shape[-2] != size:
             normal = F.normalize(F.interpolate(normal[None], size=(size, size), mode="bilinear",
                                                align_corners=False)[0], dim=0)
-        mask = read_mask(sibling(image_path, "mask"), size, MASK_THRESHOLD)
-        return {"image": to_chw(read_rgb(image_path, size)), "normal": normal,
+        mask = resize_square(mask, size, cv2.INTER_NEAREST)
+        return {"image": to_chw(resize_square(image, size, cv2.INTER_AREA)), "normal": normal,
                 "mask": torch.from_numpy(mask)[None], "path": self.entries[index].relative}
 
 

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.checkpoints import atomic_write, write_text
+from common.images import read_image
 from sharingan.models.sfsnet import LIGHTING_DIM, sh_shading
 
 log = logging.getLogger(__name__)
@@ -38,21 +39,20 @@ _FACE_NAME = re.compile(r"^(?P<id>.+)_face_(?P<i>\d+)_(?P<j>\d+)\.png$")
 
 # ----------------------------------------------------------------------------------------------- file reading
 def read_rgb(path: str | Path, image_size: int | None = None, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-    """8-bit (or 16-bit) PNG/JPEG -> float32 HxWx3 RGB in [0, 1], resized to image_size x image_size if given."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file missing: {path}")
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise ValueError(f"cannot decode image file: {path}")
+    """8-bit (or 16-bit) PNG/JPEG -> float32 HxWx3 RGB in [0, 1], resized to image_size x image_size if given.
+
+    The whole file is decoded (`common.images.read_image`): a truncated or corrupt file raises an error naming
+    it instead of yielding a partly grey face. Greyscale is repeated to RGB, an alpha channel is dropped.
+    """
+    array, _ = read_image(path, "image file")
     scale = 65535.0 if array.dtype == np.uint16 else 255.0
     if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    elif array.shape[2] == 4:
-        array = array[..., :3]
-    if array.shape[2] != 3:
-        raise ValueError(f"image file {path} has {array.shape[2]} channels, expected 3")
-    array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB).astype(np.float32) / scale
+        array = array[..., None]
+    if array.shape[2] in (2, 4):
+        array = array[..., :-1]
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    array = array.astype(np.float32) / scale
     if image_size is not None and array.shape[:2] != (image_size, image_size):
         array = cv2.resize(array, (image_size, image_size), interpolation=interpolation)
     return array
@@ -63,16 +63,31 @@ def read_mask(path: str | Path, image_size: int | None = None, threshold: float 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file missing: {path}")
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise ValueError(f"cannot decode mask file: {path}")
+    array, _ = read_image(path, "mask file")
     scale = 65535.0 if array.dtype == np.uint16 else 255.0
     if array.ndim == 3:
-        array = array[..., :3].max(axis=2)
+        array = array[..., :-1].max(axis=2) if array.shape[2] in (2, 4) else array.max(axis=2)
     array = array.astype(np.float32) / scale
     if image_size is not None and array.shape != (image_size, image_size):
         array = cv2.resize(array, (image_size, image_size), interpolation=cv2.INTER_NEAREST)
     return (array > threshold).astype(np.float32)
+
+
+def resize_square(array: np.ndarray, image_size: int | None, interpolation: int) -> np.ndarray:
+    """Resize to image_size x image_size (unchanged when None or already that size)."""
+    if image_size is None or array.shape[:2] == (image_size, image_size):
+        return array
+    return cv2.resize(array, (image_size, image_size), interpolation=interpolation)
+
+
+def check_same_size(where: str, **files: tuple[Path | str, np.ndarray]) -> None:
+    """Image and labels of one sample must cover the same pixels: a size mismatch is a data error naming every
+    file and its size, never silently resized away."""
+    sizes = {name: tuple(array.shape[:2]) for name, (_, array) in files.items()}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{name} {path} is {sizes[name][0]}x{sizes[name][1]}"
+                           for name, (path, _) in files.items())
+        raise ValueError(f"{where}: image and labels differ in size (HxW): {listed}")
 
 
 def read_light(path: str | Path) -> np.ndarray:
@@ -240,12 +255,15 @@ class FaceLabelDataset(Dataset):
         size = self.image_size
         lighting = read_light(record.lighting) if isinstance(record.lighting, Path) \
             else np.asarray(record.lighting, dtype=np.float32)
-        mask = read_mask(record.mask, size, self.mask_threshold)
+        image, normal, albedo = read_rgb(record.image), read_rgb(record.normal), read_rgb(record.albedo)
+        mask = read_mask(record.mask, None, self.mask_threshold)
+        check_same_size(f"face sample {record.key}", image=(record.image, image), normal=(record.normal, normal),
+                        albedo=(record.albedo, albedo), mask=(record.mask, mask))
         return {
-            "image": to_chw(read_rgb(record.image, size)),
-            "normal": to_chw(read_rgb(record.normal, size, cv2.INTER_LINEAR)),
-            "albedo": to_chw(read_rgb(record.albedo, size)),
-            "mask": torch.from_numpy(mask)[None],
+            "image": to_chw(resize_square(image, size, cv2.INTER_AREA)),
+            "normal": to_chw(resize_square(normal, size, cv2.INTER_LINEAR)),
+            "albedo": to_chw(resize_square(albedo, size, cv2.INTER_AREA)),
+            "mask": torch.from_numpy(resize_square(mask, size, cv2.INTER_NEAREST))[None],
             "lighting": torch.from_numpy(lighting),
             "key": record.key,
         }

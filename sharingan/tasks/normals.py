@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from common.checkpoints import sha256_of_file, write_json
+from common.images import load_image_rgb
 from common.metrics.lighting import topk_accuracy
 from common.metrics.normals import PhotofaceAggregator, normal_errors
 from common.results import write_results_table
@@ -33,7 +34,7 @@ from common.viz import normals_to_rgb, save_png
 from sharingan.data.celeba import CelebAImages, pseudo_labelled_dataset
 from sharingan.data.multipie import MultiPIEDataset, lighting_class_scores
 from sharingan.data.photoface import PhotofaceDataset
-from sharingan.data.sfsnet_synthetic import read_rgb, synthetic_dataset, write_light
+from sharingan.data.sfsnet_synthetic import synthetic_dataset, write_light
 from sharingan.face_losses import SfSWeights, sfs_supervision
 from sharingan.lit_module import batch_chunks
 from sharingan.models.face_critic import FaceCritic
@@ -403,7 +404,12 @@ def write_tables(cfg: DictConfig, results: Mapping[str, Mapping], out_dir: str |
 
 # ------------------------------------------------------------------------------------------------- predict
 def _read_square(path: Path, size: int) -> Tensor:
-    image = read_rgb(path)
+    """Centre square of a user image as (1, 3, size, size) in [0, 1]; greyscale, RGBA and 16-bit files are
+    converted to 8-bit RGB with a printed note, a corrupt or truncated file is an error naming it."""
+    image, note = load_image_rgb(path)
+    if note:
+        tqdm.write(f"note: {note}")
+    image = image.astype(np.float32) / 255.0
     height, width = image.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
