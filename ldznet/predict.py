@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from common.images import load_image_rgb
 from common.viz import overlay_mask, save_png
 from ldznet.data.aigi import keep_aspect_size
-from ldznet.data.transforms import read_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -67,10 +67,16 @@ def slug(text: str) -> str:
 
 def predict(model: torch.nn.Module, images: Sequence[Path], prompts: Sequence[str], out: str | Path,
             image_size: int = 384, threshold: float = 0.5, device: str | torch.device = "cpu") -> list[Path]:
+    empty = [index for index, prompt in enumerate(prompts) if not str(prompt).strip()]
+    if empty:
+        raise ValueError(f"empty prompt (prompt number {empty[0] + 1}): give the text to segment, "
+                         "e.g. --prompt 'red car'")
     out = Path(out)
     written = []
     for path in tqdm(images, desc="predict", unit="image"):
-        image = read_rgb(path)
+        image, note = load_image_rgb(path)
+        if note:
+            tqdm.write(f"note: {note}")
         for prompt in prompts:
             probability = predict_probability(model, image, prompt, image_size, device)
             mask = probability > threshold

@@ -13,16 +13,16 @@ import cv2
 import numpy as np
 import torch
 
+from common.images import load_image_rgb
+
 
 def read_rgb(path: str | Path, what: str = "image") -> np.ndarray:
-    """(H, W, 3) uint8 RGB; raises FileNotFoundError / ValueError naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot decode {what} {path} (expected an 8-bit RGB PNG/JPEG)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    """(H, W, 3) uint8 RGB; raises FileNotFoundError / ValueError naming the file.
+
+    The whole file is decoded (`common.images`), so a truncated PNG or JPEG is an error rather than a
+    partly grey picture; greyscale or 16-bit files are converted to 8-bit RGB.
+    """
+    return load_image_rgb(path, what=what).image
 
 
 def write_rgb(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> Path:

@@ -262,8 +262,12 @@ class KittiStereoDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
-        left = resize(read_rgb(self.root / entry.left, "KITTI left image"), self.size, cv2.INTER_CUBIC)
-        right = resize(read_rgb(self.root / entry.right, "KITTI right image"), self.size, cv2.INTER_CUBIC)
+        left = read_rgb(self.root / entry.left, "KITTI left image")
+        right = read_rgb(self.root / entry.right, "KITTI right image")
+        if left.shape != right.shape:
+            raise ValueError(f"KITTI stereo pair differs in size: {self.root / entry.left} is {left.shape[:2]}, "
+                             f"{self.root / entry.right} is {right.shape[:2]}")
+        left, right = resize(left, self.size, cv2.INTER_CUBIC), resize(right, self.size, cv2.INTER_CUBIC)
         if self.augment:
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
             if rng.random() < 0.5:

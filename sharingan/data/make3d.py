@@ -36,7 +36,7 @@ def read_make3d_depth(path: str | Path) -> np.ndarray:
     except NotImplementedError as error:  # MATLAB v7.3 (HDF5)
         raise ValueError(f"{path} is a MATLAB v7.3 (HDF5) file; Make3D ground truth is MATLAB v5 "
                          f"(re-save it with -v7 or read it with h5py): {error}") from error
-    except ValueError as error:
+    except (ValueError, OSError, EOFError) as error:  # malformed or truncated
         raise ValueError(f"cannot read MATLAB file {path}: {error}") from error
     if "Position3DGrid" not in content:
         keys = sorted(k for k in content if not k.startswith("__"))

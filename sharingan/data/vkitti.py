@@ -128,8 +128,12 @@ class VirtualKittiDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
-        image = resize(read_rgb(self.root / entry, "vKITTI image"), self.size, cv2.INTER_CUBIC)
+        image = read_rgb(self.root / entry, "vKITTI image")
         depth_cm = np.clip(read_depth_png_cm(self.root / depth_path_for(entry)), 0.0, self.cap_cm)
+        if image.shape[:2] != depth_cm.shape[:2]:
+            raise ValueError(f"vKITTI image {self.root / entry} is {image.shape[:2]} but its depth map "
+                             f"{self.root / depth_path_for(entry)} is {depth_cm.shape[:2]}; they must match")
+        image = resize(image, self.size, cv2.INTER_CUBIC)
         depth_cm = np.clip(resize(depth_cm, self.size, cv2.INTER_CUBIC), 0.0, self.cap_cm)
         if self.augment:
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))

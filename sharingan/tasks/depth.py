@@ -23,10 +23,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from common.checkpoints import write_json
+from common.images import load_image_rgb
 from common.metrics.depth import DepthErrorAggregator
 from common.results import write_results_table
 from common.viz import colorize_depth, save_png
-from sharingan.data.images import read_rgb, resize, to_network
+from sharingan.data.images import resize, to_network
 from sharingan.losses import DepthLossWeights, DepthTaskLoss, depth_from_network
 from sharingan.models.critic import ImageCritic
 from sharingan.models.depth_network import DepthUNet
@@ -374,9 +375,7 @@ def write_depth_png_16bit(path: str | Path, depth_m: np.ndarray) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     encoded = np.clip(np.round(np.asarray(depth_m, dtype=np.float64) * 256.0), 0, 65535).astype(np.uint16)
-    if not cv2.imwrite(str(path), encoded):
-        raise OSError(f"cannot write {path}")
-    return path
+    return save_png(path, encoded)  # atomic: an interrupted write leaves no half-written PNG
 
 
 def predict(cfg: DictConfig, networks: Mapping[str, nn.Module | None], inputs: Sequence[Path],
@@ -388,7 +387,9 @@ def predict(cfg: DictConfig, networks: Mapping[str, nn.Module | None], inputs: S
     size = tuple(int(v) for v in cfg.data.size)
     written = []
     for path in tqdm(inputs, desc="predict"):
-        image = read_rgb(path)
+        image, note = load_image_rgb(path)
+        if note:
+            tqdm.write(f"note: {note}")
         x = to_network(resize(image, size, cv2.INTER_CUBIC))[None]
         with torch.no_grad():
             depth = predict_depth(generator, task_network, x)[0, 0].numpy()

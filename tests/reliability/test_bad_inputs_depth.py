@@ -65,3 +65,65 @@ def test_truncated_kitti_png_is_named(tmp_path):
     right.write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=rf"{right.name}"):
         KittiStereoDataset(tmp_path, entries, size=(16, 32))[0]
+
+
+def test_truncated_jpeg_is_an_error_not_a_grey_picture(tmp_path):
+    from sharingan.data.images import read_rgb, write_rgb
+
+    path = write_rgb(tmp_path / "frame.jpg", np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"frame\.jpg"):
+        read_rgb(path)
+
+
+def test_vkitti_image_and_depth_of_different_sizes_are_refused(tmp_path):
+    from sharingan.data.images import write_rgb
+    from sharingan.data.vkitti import VirtualKittiDataset, depth_path_for, write_vkitti_fixture
+
+    entries = write_vkitti_fixture(tmp_path, variations=("clone",), frames=1, size=(24, 80))
+    write_depth_png_cm(tmp_path / depth_path_for(entries[0]), np.full((30, 70), 500.0))
+    with pytest.raises(ValueError, match=r"\(24, 80\).*\(30, 70\)"):
+        VirtualKittiDataset(tmp_path, entries, size=(16, 32))[0]
+    write_rgb(tmp_path / entries[0], np.zeros((30, 70, 3), np.uint8))  # matching sizes load again
+    assert VirtualKittiDataset(tmp_path, entries, size=(16, 32))[0]["image"].shape == (3, 16, 32)
+
+
+def test_kitti_stereo_views_of_different_sizes_are_refused(tmp_path):
+    from sharingan.data.images import write_rgb
+
+    entries = write_kitti_fixture(tmp_path, frames=1, image_size=(24, 48))
+    write_rgb(tmp_path / entries[0].right, np.zeros((20, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"stereo pair differs in size.*image_03"):
+        KittiStereoDataset(tmp_path, entries, size=(16, 32))[0]
+
+
+def test_truncated_make3d_mat_is_named(tmp_path):
+    from sharingan.data.make3d import read_make3d_depth, write_make3d_mat
+
+    path = write_make3d_mat(tmp_path / "depth_sph_corr-x.mat", np.full((55, 305), 10.0))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cannot read MATLAB file .*depth_sph_corr-x\.mat"):
+        read_make3d_depth(path)
+
+
+def test_depth_predict_converts_odd_images_with_a_note(tmp_path, capsys):
+    import cv2
+    from omegaconf import OmegaConf
+
+    from sharingan.tasks.depth import predict
+
+    class ConstantDepth(__import__("torch").nn.Module):
+        def forward(self, x):
+            return [x[:, :1] * 0]  # network output 0 -> 40 m
+
+    grey16 = (np.arange(20 * 30).reshape(20, 30) * 100).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "grey16.png"), grey16)
+    written = predict(OmegaConf.create({"data": {"size": [16, 32]}}),
+                      {"generator": None, "task_network": ConstantDepth()}, [tmp_path / "grey16.png"], tmp_path / "out")
+    assert "16-bit" in capsys.readouterr().out
+    depth16 = cv2.imread(str(written[1]), cv2.IMREAD_UNCHANGED)
+    assert depth16.dtype == np.uint16 and depth16.shape == (20, 30)
+    assert np.all(depth16 == 40 * 256)  # network output 0 is the middle of [0, 80] m, stored as metres x 256
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grey16_depth.png", "grey16_depth16.png"]

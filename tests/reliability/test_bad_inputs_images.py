@@ -150,3 +150,14 @@ def test_chapter3_predict_converts_odd_images_and_refuses_corrupt_ones(tmp_path)
     with pytest.raises(ImageReadError, match=r"broken\.png"):
         predict(MeanBrightness(), [tmp_path / "bad" / "broken.png"], ["a thing"], tmp_path / "bad_out")
     assert not (tmp_path / "bad_out").exists()
+
+
+def test_chapter3_predict_prints_conversion_notes_and_refuses_an_empty_prompt(tmp_path, capsys):
+    from ldznet.predict import predict
+
+    inputs = odd_images(tmp_path / "in")
+    predict(MeanBrightness(), [inputs["grey"]], ["a thing"], tmp_path / "out", image_size=64)
+    assert "greyscale" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="empty prompt"):
+        predict(MeanBrightness(), [inputs["grey"]], ["a thing", "  "], tmp_path / "empty_out", image_size=64)
+    assert not (tmp_path / "empty_out").exists()
