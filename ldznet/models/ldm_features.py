@@ -124,7 +124,6 @@ class LDMFeatures(nn.Module):
                           blocks: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
         """Run the frozen UNet on z_t up to the last wanted block and return the hooked outputs."""
         wanted = check_block_numbers(blocks) if blocks is not None else self.blocks
-        modules = dict(self.unet.named_modules())
         last = max(wanted)
         features: dict[int, torch.Tensor] = {}
 
@@ -136,7 +135,8 @@ class LDMFeatures(nn.Module):
 
             return hook
 
-        handles = [modules[self.layout[number].name].register_forward_hook(make_hook(number)) for number in wanted]
+        handles = [self.unet.get_submodule(self.layout[number].name).register_forward_hook(make_hook(number))
+                   for number in wanted]
         try:
             self.unet(noisy, timesteps, encoder_hidden_states=text_states)
         except _StopForward:
