@@ -14,6 +14,13 @@ Tables 2.5/2.6); `use_reconstruction: false` drops L_r (second row of those tabl
 Lightning counts every optimiser step as a global step, so one iteration is
 `optimizer_steps_per_iteration(cfg)` global steps; `sharingan.train` converts iterations accordingly.
 
+Reliability (docs/RELIABILITY.md "Resume and divergence (SharinGAN)"): the iteration count (the data
+position), skipped-batch count and seed go into every Lightning checkpoint (`sharingan_train_state`); the
+step's noise is drawn from generators seeded by (seed, iteration). `divergence_policy` (common.resilience.
+DivergenceGuard): `stop` checks every loss of the iteration with one isfinite at its end and raises naming
+step and term before anything is logged or checkpointed; `skip` checks each loss before its optimiser step
+and skips the rest of the batch, which still counts as an iteration.
+
 Networks checkpoints (`save_networks` / `load_networks`): a plain dict of state dicts plus the task name,
 input size, stage and resolved config, read back with `weights_only=True`; eval and predict rebuild the
 networks from the stored config and refuse a checkpoint of another task.
@@ -32,10 +39,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from common.checkpoints import load_torch, save_torch
+from common.resilience import DivergenceGuard, sample_seed, seeded_generators
 from sharingan.losses import SharinGANWeights, critic_loss, generator_adversarial_loss, reconstruction_loss
 from sharingan.tasks import load_task
 
 CHECKPOINT_FORMAT = "sharingan-networks/1"
+TRAIN_STATE_KEY = "sharingan_train_state"  # in Lightning checkpoints: data position, skipped batches, seed
+
+
+def nan_injection(cfg: DictConfig) -> tuple[int, str] | None:
+    """(iteration, phase) from the test switch `debug.nan_at`, or None."""
+    node = OmegaConf.select(cfg, "debug.nan_at", default=None)
+    if not node:
+        return None
+    return int(node["iteration"]), str(node.get("phase", "task"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -212,7 +229,11 @@ class SharinGANModule(pl.LightningModule):
         self.critic = networks["critic"] if self.use_sharingan else None
         self.task_loss = self.task.build_task_loss(cfg)
         self.image_every = int(cfg.logging.get("image_every", 0) or 0)
-        self.iteration = 0
+        self.iteration = 0  # loader batches consumed (skipped ones included): the data position on resume
+        self.seed = int(cfg.get("seed") or 0)
+        self.guard = DivergenceGuard(str(cfg.get("divergence_policy") or "stop"))
+        self._steps_taken = 0
+        self.nan_at = nan_injection(cfg)
 
     # -- helpers ---------------------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module | None]:
@@ -245,12 +266,50 @@ class SharinGANModule(pl.LightningModule):
         generator = torch.optim.Adam(self.generator.parameters(), **adam_settings(self.cfg, "generator"))
         return [critic, generator, task]
 
+    def _optimise(self, optimizer, loss: Tensor, label: str, terms: Mapping[str, Tensor],
+                  pending: dict[str, Tensor]) -> bool:
+        """One optimiser step on `loss`, guarded. `stop`: the step's terms join `pending`, checked once at the
+        end of the iteration (before logging and before any checkpoint). `skip`: checked here, before the
+        update; False (nothing applied) when a term is not finite."""
+        named = {f"{label}/{name.split('/')[-1]}": value for name, value in terms.items()}
+        named[f"{label}/loss"] = loss.detach()  # the value optimised (its parts may all be finite)
+        if self.guard.policy == "skip":
+            if not self.guard.check(named, int(self.global_step) - self._steps_taken, f"iteration {self.iteration}"):
+                return False
+        else:
+            pending.update(named)
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        return True
+
+    def _skip_rest_of_iteration(self, steps_taken: int) -> None:
+        """Count the optimiser steps the skipped batch did not take as done, so that one iteration stays
+        `optimizer_steps_per_iteration` global steps (max_steps, checkpoint_every and resume stay aligned)."""
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        for _ in range(optimizer_steps_per_iteration(self.cfg) - steps_taken):
+            progress.increment_ready()
+            progress.increment_completed()
+
     def training_step(self, batch: Mapping, batch_index: int) -> None:
+        # the step's own noise (WGAN-GP interpolation) is a function of (seed, iteration): exact on resume
+        with seeded_generators(sample_seed(self.seed, self.iteration, stream=1), self.device):
+            completed = self._training_iteration(batch)
+        if self.guard.policy == "skip":
+            self.log("train/skipped_batches", float(self.guard.skipped_steps), batch_size=1)
+        if not completed:
+            self._skip_rest_of_iteration(self._steps_taken)
+        self.iteration += 1
+
+    def _training_iteration(self, batch: Mapping) -> bool:
+        """One SharinGAN iteration; False when a non-finite loss made it skip the batch (policy skip)."""
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         chunks = split_batch(batch, self.chunks)
         terms: dict[str, Tensor] = {}
+        pending: dict[str, Tensor] = {}
         panels_batch = chunks[0]
+        self._steps_taken = 0
 
         if self.use_sharingan:
             critic_optimizer, generator_optimizer, task_optimizer = optimizers
@@ -259,32 +318,37 @@ class SharinGANModule(pl.LightningModule):
             with torch.no_grad():
                 shared_synthetic = self.generator(first["synthetic"]["image"])
                 shared_real = self.generator(first["real"]["image"])
-            for _ in range(self.critic_steps):
+            for index in range(self.critic_steps):
                 loss, critic_terms = critic_loss(self.critic, shared_synthetic, shared_real,
                                                  self.weights.gradient_penalty)
-                critic_optimizer.zero_grad()
-                self.manual_backward(loss)
-                critic_optimizer.step()
+                loss = self.inject_nan("critic", loss)
+                if not self._optimise(critic_optimizer, loss, f"critic[{index}]", critic_terms, pending):
+                    return False
+                self._steps_taken += 1
                 terms.update(critic_terms)
             # 2. generator steps: α1 L_adv + α2 L_r + α3 L_T, critic and T frozen
             for index in range(self.generator_steps):
                 part = chunks[min(1 + index, len(chunks) - 1)]
                 x_synthetic, x_real = part["synthetic"]["image"], part["real"]["image"]
+                step_terms: dict[str, Tensor] = {}
                 with frozen(self.critic, self.task_network):
                     shared_synthetic = self.generator(x_synthetic)
                     shared_real = self.generator(x_real)
                     adversarial = generator_adversarial_loss(self.critic, shared_synthetic, shared_real)
                     task_value, task_terms, _, _ = self.task_objective(shared_synthetic, shared_real, part)
                     loss = self.weights.adversarial * adversarial + self.weights.task * task_value
+                    step_terms["generator/adversarial"] = adversarial.detach()
                     if self.use_reconstruction:
                         reconstruction = (reconstruction_loss(shared_synthetic, x_synthetic)
                                           + reconstruction_loss(shared_real, x_real))
                         loss = loss + self.weights.reconstruction * reconstruction
-                        terms["generator/reconstruction"] = reconstruction.detach()
-                    generator_optimizer.zero_grad()
-                    self.manual_backward(loss)
-                    generator_optimizer.step()
-                terms.update({"generator/adversarial": adversarial.detach(), "generator/total": loss.detach()})
+                        step_terms["generator/reconstruction"] = reconstruction.detach()
+                    loss = self.inject_nan("generator", loss)
+                    if not self._optimise(generator_optimizer, loss, f"generator[{index}]", step_terms, pending):
+                        return False
+                    step_terms["generator/total"] = loss.detach()
+                self._steps_taken += 1
+                terms.update(step_terms)
         else:
             (task_optimizer,) = optimizers
 
@@ -296,16 +360,40 @@ class SharinGANModule(pl.LightningModule):
                 shared_real = self.shared(part["real"]["image"])
             task_value, task_terms, predictions_synthetic, predictions_real = self.task_objective(
                 shared_synthetic, shared_real, part)
-            task_optimizer.zero_grad()
-            self.manual_backward(task_value)
-            task_optimizer.step()
+            task_value = self.inject_nan("task", task_value)
+            if not self._optimise(task_optimizer, task_value, f"task[{index}]", {}, pending):
+                return False
+            self._steps_taken += 1
             terms.update(task_terms)
             terms["task/total"] = task_value.detach()
 
+        # policy stop: one isfinite over every loss of the iteration; raises before logging / checkpointing
+        self.guard.check(pending, int(self.global_step) - self._steps_taken, f"iteration {self.iteration}")
         self._log_terms(terms, int(chunks[0]["synthetic"]["image"].shape[0]))
         if self.image_every and self.iteration % self.image_every == 0:
             self.log_images(panels_batch)
-        self.iteration += 1
+        return True
+
+    def inject_nan(self, phase: str, loss: Tensor) -> Tensor:
+        """Test hook: `debug.nan_at: {iteration: I, phase: critic|generator|task}` makes that loss NaN."""
+        target = self.nan_at
+        if target is not None and target[0] == self.iteration and target[1] == phase:
+            return loss * float("nan")
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TRAIN_STATE_KEY] = self.train_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(TRAIN_STATE_KEY)
+        if state is not None:
+            self.iteration = int(state["iterations"])
+            self.guard.skipped_steps = int(state["skipped_batches"])
+
+    def train_state(self) -> dict[str, int]:
+        """What exact resume needs beyond Lightning's own state (plain numbers: weights_only loading)."""
+        return {"iterations": int(self.iteration), "skipped_batches": int(self.guard.skipped_steps),
+                "seed": int(self.seed)}
 
     def log_images(self, batch: Mapping) -> None:
         """Fig 2.4 panels (x, G(x), |x - G(x)| per domain) and the task's prediction panels."""
@@ -355,6 +443,12 @@ class ExportNetworks(pl.Callback):
 
     def _networks(self, module: pl.LightningModule) -> dict[str, nn.Module | None]:
         return module.networks()
+
+    def state_dict(self) -> dict[str, Any]:  # the best value so far survives a resume
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.monitor is None or trainer.sanity_checking:

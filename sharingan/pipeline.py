@@ -11,6 +11,8 @@ Each row file (e.g. experiments/chapter2/depth_sharingan.yaml) is applied as a d
 config (its own `defaults` are not re-read), then the command-line overrides again, so `depth_tiny.yaml` and
 data-root overrides reach every row. `pipeline.seeds` (default [seed]) trains every trained row once per
 seed; with several seeds the tables show mean ± std (the pretraining stages run once).
+`resume=last` continues an interrupted pipeline: every training stage reuses its newest finished run, resumes
+its newest `last.ckpt` exactly, or starts afresh (`sharingan.train.run_or_resume`).
 Outputs: `<root>/chapter2/<experiment>/...` run folders and
 `<root>/chapter2/<pipeline experiment>/<timestamp>/{summary.json, tables/}`.
 """
@@ -30,7 +32,7 @@ from common.results import mean_and_std
 from common.runs import run_dir_for
 from sharingan.eval import evaluate_checkpoint
 from sharingan.tasks import load_task
-from sharingan.train import run_stage
+from sharingan.train import run_or_resume
 
 ALL_STAGES = ("verify", "pretrain_generator", "pretrain_task", "train", "evaluate", "tables")
 
@@ -81,9 +83,9 @@ def run_pipeline(task_name: str, config: str | Path | None = None, overrides: Se
     generator_checkpoint = cfg.init.get("generator")
     task_checkpoint = cfg.init.get("task_network")
     if "pretrain_generator" in stages and not generator_checkpoint:
-        generator_checkpoint = str(run_stage(cfg, "pretrain_generator", root)["checkpoint"])
+        generator_checkpoint = str(run_or_resume(cfg, "pretrain_generator", root)["checkpoint"])
     if "pretrain_task" in stages and not task_checkpoint:
-        task_checkpoint = str(run_stage(cfg, "pretrain_task", root)["checkpoint"])
+        task_checkpoint = str(run_or_resume(cfg, "pretrain_task", root)["checkpoint"])
     summary["pretrained"] = {"generator": generator_checkpoint, "task_network": task_checkpoint}
 
     seeds = [int(seed) for seed in pipeline.get("seeds", [cfg.seed])]
@@ -112,7 +114,7 @@ def run_pipeline(task_name: str, config: str | Path | None = None, overrides: Se
                     seed_cfg.experiment = f"{row_cfg.experiment}_seed{seed}"
             checkpoint = task_checkpoint
             if trains:
-                trained = run_stage(seed_cfg, "train", root)
+                trained = run_or_resume(seed_cfg, "train", root)
                 checkpoint, run["run_dir"] = str(trained["checkpoint"]), str(trained["run_dir"])
             run["checkpoint"] = checkpoint
             if "evaluate" in stages:

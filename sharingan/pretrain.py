@@ -7,16 +7,22 @@ official "PTNet": L1 of the full-resolution output). Its networks checkpoint is 
 baseline of Table 2.1.
 Optimisers: `optim.pretrain_generator` / `optim.pretrain_task` (official: Adam 5e-5 (0.5, 0.9) and
 1e-4 (0.95, 0.999)).
+Both stages resume exactly and guard against divergence like the end-to-end stage (`PretrainingModule`:
+the data position and skipped-batch count go into the Lightning checkpoint; a non-finite loss stops the run
+or, with `divergence_policy=skip`, skips the batch, which still counts as an iteration).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from common.resilience import DivergenceGuard, sample_seed, seeded_generators
+from sharingan.lit_module import TRAIN_STATE_KEY, nan_injection
 from sharingan.losses import reconstruction_loss
 from sharingan.tasks import load_task
 
@@ -26,14 +32,61 @@ def _adam(parameters, node: DictConfig) -> torch.optim.Adam:
                             weight_decay=float(node.get("weight_decay", 0.0)))
 
 
-class GeneratorPretraining(pl.LightningModule):
-    """Stage 1: G reconstructs images of both domains."""
+class PretrainingModule(pl.LightningModule):
+    """What both pretraining stages share: divergence guard, per-iteration seeded noise, resume state.
 
-    stage = "pretrain_generator"
+    Subclasses implement `loss(batch, batch_index) -> (loss, {name: value to log})`."""
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.iteration = 0  # loader batches consumed (skipped ones included): the data position on resume
+        self.seed = int(cfg.get("seed") or 0)
+        self.guard = DivergenceGuard(str(cfg.get("divergence_policy") or "stop"))
+        self.nan_at = nan_injection(cfg)
+
+    def loss(self, batch: Mapping, batch_index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def training_step(self, batch: Mapping, batch_index: int) -> torch.Tensor | None:
+        with seeded_generators(sample_seed(self.seed, self.iteration, stream=1), self.device):
+            loss, logged = self.loss(batch, batch_index)
+        if self.nan_at is not None and self.nan_at[0] == self.iteration:
+            loss = loss * float("nan")
+        iteration, self.iteration = self.iteration, self.iteration + 1
+        finite = self.guard.check({"loss": loss.detach()}, int(self.global_step), f"iteration {iteration}")
+        if self.guard.policy == "skip":
+            self.log("train/skipped_batches", float(self.guard.skipped_steps), batch_size=1)
+        if not finite:
+            # Lightning skips backward and the update; the batch still counts as a global step (as in the
+            # end-to-end stage), so iterations and global steps stay equal
+            return None
+        size = next(iter(batch.values()))["image"].shape[0]
+        for name, value in logged.items():
+            self.log(name, value, prog_bar=name == self.PROGRESS, batch_size=size)
+        return loss
+
+    PROGRESS = ""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TRAIN_STATE_KEY] = {"iterations": int(self.iteration),
+                                       "skipped_batches": int(self.guard.skipped_steps), "seed": int(self.seed)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(TRAIN_STATE_KEY)
+        if state is not None:
+            self.iteration = int(state["iterations"])
+            self.guard.skipped_steps = int(state["skipped_batches"])
+
+
+class GeneratorPretraining(PretrainingModule):
+    """Stage 1: G reconstructs images of both domains."""
+
+    stage = "pretrain_generator"
+    PROGRESS = "train/pretrain/reconstruction"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
         self.task = load_task(str(cfg.task))
         self.generator = self.task.build_networks(cfg)["generator"]
         self.image_every = int(cfg.logging.get("image_every", 0) or 0)
@@ -41,19 +94,16 @@ class GeneratorPretraining(pl.LightningModule):
     def networks(self) -> dict:
         return {"generator": self.generator}
 
-    def training_step(self, batch: Mapping, batch_index: int) -> torch.Tensor:
+    def loss(self, batch: Mapping, batch_index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         synthetic, real = batch["synthetic"]["image"], batch["real"]["image"]
         shared_synthetic, shared_real = self.generator(synthetic), self.generator(real)
         loss_synthetic = reconstruction_loss(shared_synthetic, synthetic)
         loss_real = reconstruction_loss(shared_real, real)
         loss = loss_synthetic + loss_real
-        size = synthetic.shape[0]
-        self.log("train/pretrain/reconstruction_synthetic", loss_synthetic, batch_size=size)
-        self.log("train/pretrain/reconstruction_real", loss_real, batch_size=size)
-        self.log("train/pretrain/reconstruction", loss, prog_bar=True, batch_size=size)
         if self.image_every and batch_index % self.image_every == 0:
             self._log_images({"synthetic": (synthetic, shared_synthetic), "real": (real, shared_real)})
-        return loss
+        return loss, {"train/pretrain/reconstruction_synthetic": loss_synthetic,
+                      "train/pretrain/reconstruction_real": loss_real, "train/pretrain/reconstruction": loss}
 
     def _log_images(self, pairs: Mapping) -> None:
         experiment = getattr(self.logger, "experiment", None)
@@ -69,14 +119,14 @@ class GeneratorPretraining(pl.LightningModule):
         return _adam(self.generator.parameters(), self.cfg.optim.pretrain_generator)
 
 
-class TaskPretraining(pl.LightningModule):
+class TaskPretraining(PretrainingModule):
     """Stage 2: T supervised on synthetic data only (raw images, no generator)."""
 
     stage = "pretrain_task"
+    PROGRESS = "train/pretrain/task_total"
 
     def __init__(self, cfg: DictConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.task = load_task(str(cfg.task))
         self.task_network = self.task.build_networks(cfg)["task_network"]
         self.task_loss = self.task.build_task_loss(cfg)
@@ -85,14 +135,12 @@ class TaskPretraining(pl.LightningModule):
     def networks(self) -> dict:
         return {"task_network": self.task_network}
 
-    def training_step(self, batch: Mapping, batch_index: int) -> torch.Tensor:
+    def loss(self, batch: Mapping, batch_index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         synthetic = batch["synthetic"]
         predictions = self.task_network(synthetic["image"])
         loss, terms = self.task_loss.pretrain(predictions, synthetic)
-        size = synthetic["image"].shape[0]
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, batch_size=size)
-        self.log("train/pretrain/task_total", loss, prog_bar=True, batch_size=size)
+        logged = {f"train/{name}": value for name, value in terms.items()}
+        logged["train/pretrain/task_total"] = loss
         experiment = getattr(self.logger, "experiment", None)
         if self.image_every and batch_index % self.image_every == 0 and hasattr(experiment, "add_images"):
             sub_batch = {k: v[:4] if isinstance(v, torch.Tensor) else v for k, v in synthetic.items()}
@@ -101,7 +149,7 @@ class TaskPretraining(pl.LightningModule):
                 shown = self.task_network(sub_batch["image"])
             for name, panel in self.task.prediction_panels(shown, sub_batch, "synthetic").items():
                 experiment.add_images(f"images/synthetic/{name}", panel, self.global_step)
-        return loss
+        return loss, logged
 
     def configure_optimizers(self):
         return _adam(self.task_network.parameters(), self.cfg.optim.pretrain_task)

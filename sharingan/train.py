@@ -6,21 +6,37 @@ besides Lightning's `last.ckpt` it holds `checkpoints/networks_last.pt` (and `ne
 validation metric is monitored): the weights-only networks checkpoints that eval, predict and the next
 stage read. Iteration counts come from `schedule.*_iterations` (one iteration = one loader batch; the
 end-to-end stage makes several optimiser steps per iteration, converted to Lightning's `max_steps` here).
+
+Resume (docs/chapter2-depth.md "Resuming"): `resume=last` (or `--resume last`) continues the newest
+`checkpoints/last.ckpt` under `<root>/chapter2/<experiment>/<stage>/`, `resume=PATH` that file; the resumed
+run gets a new run folder. Restored: step counter, every optimiser state (critic, G, T), RNG states, the data
+position (loader batches consumed; the order is a function of (seed, sample number)), the skipped-batch
+count and the best validation value so far. `last.ckpt` is written every `schedule.checkpoint_every`
+iterations (default 1000 when 0/null) through a temporary file + rename. `divergence_policy=stop|skip`:
+a non-finite loss stops the run naming step and term (exit status 3 from the command line), or skips the
+batch and counts it (`train/skipped_batches`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.config import load_config
+from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resume
 from common.runs import start_run, write_metrics
 from common.trainer import build_trainer
 from sharingan.lit_module import (
+    TRAIN_STATE_KEY,
     ExportNetworks,
     SharinGANModule,
     load_pretrained,
@@ -30,6 +46,7 @@ from sharingan.pretrain import GeneratorPretraining, TaskPretraining
 from sharingan.tasks import load_task
 
 STAGES = ("pretrain_generator", "pretrain_task", "train")
+DEFAULT_CHECKPOINT_EVERY = 1000  # iterations, when schedule.checkpoint_every is 0 / null
 
 
 def build_module(cfg: DictConfig, stage: str):
@@ -57,25 +74,49 @@ def stage_iterations(cfg: DictConfig, stage: str) -> int:
     return int(cfg.schedule[key])
 
 
+def resume_state(path: Path | None) -> dict[str, Any]:
+    """The data position etc. stored by the stage's module in a Lightning checkpoint ({} when fresh)."""
+    if path is None:
+        return {}
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = checkpoint.get(TRAIN_STATE_KEY)
+    if state is None:
+        raise ValueError(f"{path} has no {TRAIN_STATE_KEY!r}: not a Lightning checkpoint of sharingan.train (or one "
+                         "written before exact resume existed); it cannot be resumed exactly")
+    return dict(state)
+
+
 def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: str | Path | None = None) -> dict:
     """Train one stage; returns {"run_dir", "checkpoint" (best if any, else last networks checkpoint)}.
 
-    `resume`: a Lightning `last.ckpt` of an interrupted run of the same stage (optimiser states, step count);
-    training continues in a new run folder up to the configured iteration count.
+    `resume` (else `cfg.resume`): "last" (the newest `last.ckpt` of this experiment and stage under `root`) or
+    the path of a Lightning `last.ckpt` of an interrupted run of the same stage; training continues exactly
+    (optimiser states, step count, RNG, data position) in a new run folder up to the configured iteration count.
     """
     task = load_task(str(cfg.task))
     iterations = stage_iterations(cfg, stage)
     if iterations <= 0:
         raise ValueError(f"schedule.{stage}_iterations must be positive to train stage {stage}")
+    resume = resume if resume is not None else (cfg.get("resume") or None)
+    resume_path = resolve_resume(str(resume) if resume else None,
+                                 Path(root) / "chapter2" / str(cfg.experiment) / stage)
+    state = resume_state(resume_path)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        if state:
+            cfg.seed = int(state["seed"])  # the data order and noise are functions of the run's seed
+            cfg.resume = str(resume_path)
     run_dir = start_run(cfg, "chapter2", f"{cfg.experiment}/{stage}", root=root)
     module, steps_per_iteration = build_module(cfg, stage)
     datamodule = task.build_datamodule(cfg, stage)
+    datamodule.start_batch = int(state.get("iterations", 0))
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["max_steps"] = iterations * steps_per_iteration
-    every = int(cfg.schedule.get("checkpoint_every", 0) or 0)
-    trainer_cfg["checkpoint_every_n_steps"] = every * steps_per_iteration if every else None
+    every = int(cfg.schedule.get("checkpoint_every", 0) or 0) or DEFAULT_CHECKPOINT_EVERY
+    trainer_cfg["checkpoint_every_n_steps"] = every * steps_per_iteration
     trainer_cfg.setdefault("num_sanity_val_steps", 0)
+    trainer_cfg.setdefault("use_distributed_sampler", False)  # the seeded sampler fixes the order
     monitor = None
     if stage == "train" and task.MONITOR is not None and hasattr(task, "validation_dataloader") \
             and task.validation_dataloader(cfg) is not None:
@@ -85,17 +126,52 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
     else:
         trainer_cfg["limit_val_batches"] = 0
     exporter = ExportNetworks(run_dir / "checkpoints", cfg, stage, monitor)
-    trainer = build_trainer(trainer_cfg, run_dir, callbacks=[exporter])
-    if resume is not None and not Path(resume).is_file():
-        raise FileNotFoundError(f"checkpoint to resume from not found: {resume}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    if resume_path is not None:  # the best networks so far live in the interrupted run's folder
+        previous_best = resume_path.parent / "networks_best.pt"
+        if previous_best.is_file():
+            shutil.copy2(previous_best, run_dir / "checkpoints" / "networks_best.pt")
+    trainer = build_trainer(trainer_cfg, run_dir, callbacks=[exporter, RNGStateCallback()])
+    with warnings.catch_warnings():
+        # the data position is restored by the seeded sampler's start, which Lightning cannot see
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
+        # checkpoints are written between iterations (after every optimiser step of one), as intended
+        warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")  # a resumed run's new folder
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None)
 
     best, last = run_dir / "checkpoints" / "networks_best.pt", run_dir / "checkpoints" / "networks_last.pt"
     checkpoint = best if best.is_file() else last
     write_metrics(run_dir, {"stage": stage, "iterations": iterations, "global_steps": trainer.global_step,
                             "networks_checkpoint": str(checkpoint),
-                            "best_validation": exporter.best, "monitor": monitor[0] if monitor else None})
+                            "best_validation": exporter.best, "monitor": monitor[0] if monitor else None,
+                            "skipped_batches": int(module.guard.skipped_steps),
+                            "resumed_from": str(resume_path) if resume_path else None})
     return {"run_dir": run_dir, "checkpoint": checkpoint}
+
+
+def run_or_resume(cfg: DictConfig, stage: str, root: str | Path = "runs") -> dict:
+    """For the pipeline with `resume=last`: reuse the stage's newest finished run (metrics.json names its networks
+    checkpoint), else resume its newest `last.ckpt`, else train from scratch. Without `resume`: `run_stage`."""
+    resume = cfg.get("resume") or None
+    if not resume:
+        return run_stage(cfg, stage, root)
+    if str(resume) != "last":
+        raise ValueError(f"the pipeline resumes with resume=last only (got resume={resume}); resume a single "
+                         "stage from a path with python -m sharingan.train --stage STAGE --resume PATH")
+    stage_root = Path(root) / "chapter2" / str(cfg.experiment) / stage
+    folders = sorted(path for path in stage_root.glob("*") if path.is_dir()) if stage_root.is_dir() else []
+    for folder in reversed(folders):  # newest first (timestamped names)
+        metrics = folder / "metrics.json"
+        checkpoint = json.loads(metrics.read_text()).get("networks_checkpoint") if metrics.is_file() else None
+        if checkpoint and Path(checkpoint).is_file():
+            print(f"[resume] {stage}: reusing the finished run {folder}")
+            return {"run_dir": folder, "checkpoint": Path(checkpoint)}
+        if (folder / "checkpoints" / "last.ckpt").is_file():
+            print(f"[resume] {stage}: resuming {folder / 'checkpoints' / 'last.ckpt'}")
+            return run_stage(cfg, stage, root, resume=folder / "checkpoints" / "last.ckpt")
+    cfg = cfg.copy()
+    cfg.resume = None
+    return run_stage(cfg, stage, root)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -103,10 +179,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("experiment", help="experiment YAML, e.g. experiments/chapter2/depth_sharingan.yaml")
     parser.add_argument("--stage", choices=STAGES, default="train")
     parser.add_argument("--root", default="runs", help="folder that receives the run folders")
-    parser.add_argument("--resume", default=None, help="Lightning last.ckpt of an interrupted run of this stage")
+    parser.add_argument("--resume", default=None, help="'last' or the Lightning last.ckpt of an interrupted run of "
+                        "this stage (same as the override resume=...)")
     args, overrides = parser.parse_known_args(argv)
     cfg = load_config(args.experiment, overrides)
-    result = run_stage(cfg, args.stage, args.root, args.resume)
+    try:
+        result = run_stage(cfg, args.stage, args.root, args.resume)
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(3) from None
     print(f"{args.stage}: run folder {result['run_dir']}\nnetworks checkpoint {result['checkpoint']}")
     return result
 

@@ -49,3 +49,12 @@ def build_dataset(cfg: Mapping | DictConfig, **overrides):
     if unknown:
         raise ValueError(f"dataset config for {name!r}: unknown keys {unknown}; valid: {valid}")
     return cls(**node)
+
+
+def __getattr__(name: str):
+    """`EpochStepSampler`, `NumberedSamples` (ldznet.data.sampling) on first use: importing the datasets stays light."""
+    if name in ("EpochStepSampler", "NumberedSamples"):
+        from ldznet.data import sampling
+
+        return getattr(sampling, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,7 @@ from common.metrics.depth import DepthErrorAggregator
 from common.results import write_results_table
 from common.viz import colorize_depth, save_png
 from sharingan.data.images import resize, to_network
+from sharingan.data.loaders import resumable_loader
 from sharingan.losses import DepthLossWeights, DepthTaskLoss, depth_from_network
 from sharingan.models.critic import ImageCritic
 from sharingan.models.depth_network import DepthUNet
@@ -169,6 +170,7 @@ class DepthDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown stage {stage!r} for the depth task (one of {self.STAGES})")
         self.cfg, self.stage = cfg, stage
         self.dataset: Dataset | None = None
+        self.start_batch = 0  # loader batches already consumed (a resumed run sets it from its checkpoint)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -187,9 +189,7 @@ class DepthDataModule(pl.LightningDataModule):
         batch_size = int(self.cfg.data.batch_size[self.stage]) * chunks
         if len(self.dataset) < batch_size:
             raise ValueError(f"{self.stage}: {len(self.dataset)} samples cannot fill one batch of {batch_size}")
-        workers = int(self.cfg.data.num_workers)
-        return DataLoader(self.dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                          persistent_workers=workers > 0)
+        return resumable_loader(self.dataset, batch_size, self.cfg, self.start_batch)
 
 
 class DepthTrainDataModule(DepthDataModule):

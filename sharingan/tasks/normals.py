@@ -32,6 +32,7 @@ from common.metrics.normals import PhotofaceAggregator, normal_errors
 from common.results import write_results_table
 from common.viz import normals_to_rgb, save_png
 from sharingan.data.celeba import CelebAImages, pseudo_labelled_dataset
+from sharingan.data.loaders import resumable_loader
 from sharingan.data.multipie import MultiPIEDataset, lighting_class_scores
 from sharingan.data.photoface import PhotofaceDataset
 from sharingan.data.sfsnet_synthetic import synthetic_dataset, write_light
@@ -196,6 +197,7 @@ class FaceDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown stage {stage!r} for the face task")
         self.cfg, self.stage = cfg, stage
         self.dataset: Dataset | None = None
+        self.start_batch = 0  # loader batches already consumed (a resumed run sets it from its checkpoint)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -214,9 +216,7 @@ class FaceDataModule(pl.LightningDataModule):
         if len(self.dataset) < batch_size:
             raise ValueError(f"{self.stage}: {len(self.dataset)} samples cannot fill one batch of {batch_size} "
                              f"(data.batch_size x {chunks} chunks)")
-        workers = int(self.cfg.data.num_workers)
-        return DataLoader(self.dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                          persistent_workers=workers > 0)
+        return resumable_loader(self.dataset, batch_size, self.cfg, self.start_batch)
 
     def val_dataloader(self):
         loader = validation_dataloader(self.cfg) if self.stage == "train" else None

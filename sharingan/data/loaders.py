@@ -1,0 +1,53 @@
+"""Training loaders that resume exactly (shared by the depth and face task modules).
+
+The order is `common.resilience.StepSeededSampler`: sample number n of the run reads index
+`permutation(seed + n // N)[n % N]`, an endless stream (Lightning stops on `max_steps`), and every sample's own
+randomness (augmentation, the random partner from the other domain) is drawn from torch seeded with
+`sample_seed(seed, n)` (`SeededSamples`). A run resumed after `start_batch` loader batches starts at sample
+number `start_batch * batch_size` and sees exactly the batches the uninterrupted run saw, whatever the
+DataLoader workers prefetched. The loader has its own generator, so creating its iterator draws nothing
+from torch's global generator. Under DDP (Lightning's distributed sampler is switched off) rank r of W takes
+sample numbers r, r + W, ... of the same stream (`ShardedStepSampler`), so the ranks see disjoint samples.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from common.resilience import SeededSamples, StepSeededSampler
+
+
+class ShardedStepSampler(StepSeededSampler):
+    """`StepSeededSampler` (numbered) that gives rank r of W the sample numbers `start + r + k W`, where `start`
+    counts the samples of all ranks; the rank is read from torch.distributed when iteration begins."""
+
+    def __init__(self, length: int, seed: int, start_batch: int, batch_size: int) -> None:
+        super().__init__(length, seed, numbered=True)
+        self.start_batch, self.batch_size = int(start_batch), int(batch_size)
+
+    @staticmethod
+    def _shard() -> tuple[int, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __iter__(self):
+        rank, world = self._shard()
+        self.start = self.start_batch * self.batch_size * world
+        for k, item in enumerate(super().__iter__()):
+            if k % world == rank:
+                yield item
+
+
+def resumable_loader(dataset: Dataset, batch_size: int, cfg: DictConfig, start_batch: int = 0) -> DataLoader:
+    """Endless, drop-last batches of `batch_size` in the seeded order from batch `start_batch` (per rank) on."""
+    seed = int(cfg.get("seed") or 0)
+    sampler = ShardedStepSampler(len(dataset), seed, start_batch, batch_size)
+    workers = int(cfg.data.num_workers)
+    return DataLoader(SeededSamples(dataset, seed), batch_size=int(batch_size), sampler=sampler, drop_last=True,
+                      num_workers=workers, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
