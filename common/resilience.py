@@ -8,22 +8,35 @@
   checkpoint and restores them on resume, in a form `torch.load(weights_only=True)` accepts.
 - `StepSeededSampler` gives sample number n the index `permutation(seed + n // N)[n % N]`, so the data order is
   a pure function of (seed, position): a resumed run that starts at the number of samples already consumed
-  sees exactly the batches an uninterrupted run would have seen, whatever the DataLoader prefetched.
+  sees exactly the batches an uninterrupted run would have seen, whatever the DataLoader prefetched. With
+  `numbered=True` it yields (index, sample number) pairs for `SeededSamples`, which draws each sample's own
+  randomness (augmentation, the random partner of an unpaired domain) from torch seeded with
+  `sample_seed(seed, sample number)`, leaving the global generator untouched.
+- `seeded_generators(seed, device)` runs a block (a training step's own noise) with torch's generators seeded,
+  restoring their outside state afterwards.
+- `AtomicCheckpointIO`: Lightning checkpoints through a temporary file + fsync + rename, so a kill during a
+  save leaves the previous `last.ckpt` whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
+
+from common.checkpoints import atomic_write
 
 POLICIES = ("stop", "skip")
+MAX_NAMED = 4  # non-finite terms named in a message (in the order given: the first is where it started)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -39,22 +52,31 @@ class DivergenceGuard:
         self.policy = policy
         self.skipped_steps = 0
 
-    def check(self, terms: Mapping[str, torch.Tensor | float], step: int) -> bool:
-        """True when every term is finite; otherwise raise (stop) or count and return False (skip)."""
+    def check(self, terms: Mapping[str, torch.Tensor | float], step: int, where: str = "") -> bool:
+        """True when every term is finite; otherwise raise (stop) or count and return False (skip).
+
+        One stacked `isfinite` and one host read over the scalars; `where` (e.g. "iteration 12") is added to
+        the message after the step."""
         if not terms:
             return True
         names = list(terms)
-        values = torch.stack([torch.as_tensor(terms[name]).detach().float().sum().cpu() for name in names])
-        finite = torch.isfinite(values)
-        if bool(finite.all()):
+        scalars = [torch.as_tensor(terms[name]).detach().float().sum() for name in names]
+        device = scalars[0].device
+        values = torch.stack([value.to(device) for value in scalars])  # on the device: one host read below
+        if bool(torch.isfinite(values).all()):
             return True
-        bad = ", ".join(f"{name}={values[i].item()}" for i, name in enumerate(names) if not finite[i])
+        values = values.cpu()
+        finite = torch.isfinite(values)
+        bad_terms = [f"{name}={values[i].item()}" for i, name in enumerate(names) if not finite[i]]
+        bad = ", ".join(bad_terms[:MAX_NAMED]) + (f" (+{len(bad_terms) - MAX_NAMED} more)"
+                                                 if len(bad_terms) > MAX_NAMED else "")
+        at = f"step {step}" + (f" ({where})" if where else "")
         if self.policy == "skip":
             self.skipped_steps += 1
-            warnings.warn(f"step {step}: non-finite loss ({bad}); batch skipped "
+            warnings.warn(f"{at}: non-finite loss ({bad}); batch skipped "
                           f"({self.skipped_steps} skipped so far)", RuntimeWarning, stacklevel=2)
             return False
-        raise NonFiniteLossError(f"step {step}: non-finite loss term(s) {bad}. Training stopped; the last good "
+        raise NonFiniteLossError(f"{at}: non-finite loss term(s) {bad}. Training stopped; the last good "
                                  "checkpoint is intact (resume with resume=last, or set "
                                  "divergence_policy=skip to drop such batches).")
 
@@ -105,26 +127,92 @@ class RNGStateCallback(Callback):
 class StepSeededSampler(Sampler[int]):
     """An endless shuffled order that is a pure function of (seed, sample number); resumable by `start`.
 
-    It has no length: Lightning treats its DataLoader as endless and stops on `max_steps`.
+    It has no length: Lightning treats its DataLoader as endless and stops on `max_steps`. `numbered=True`
+    yields (index, sample number) pairs (for `SeededSamples`).
     """
 
-    def __init__(self, length: int, seed: int, start: int = 0) -> None:
+    def __init__(self, length: int, seed: int, start: int = 0, numbered: bool = False) -> None:
         if length <= 0:
             raise ValueError("StepSeededSampler needs a non-empty dataset")
-        self.length, self.seed, self.start = int(length), int(seed), int(start)
+        if start < 0:
+            raise ValueError(f"StepSeededSampler start must be >= 0, got {start}")
+        self.length, self.seed, self.start, self.numbered = int(length), int(seed), int(start), bool(numbered)
 
     def index(self, sample_number: int) -> int:
         epoch, position = divmod(sample_number, self.length)
         generator = torch.Generator().manual_seed(self.seed + epoch)
         return int(torch.randperm(self.length, generator=generator)[position])
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
         sample_number = self.start
         while True:
             epoch, position = divmod(sample_number, self.length)
             order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-            yield from order[position:]
+            if self.numbered:
+                base = epoch * self.length
+                yield from ((order[k], base + k) for k in range(position, self.length))
+            else:
+                yield from order[position:]
             sample_number = (epoch + 1) * self.length
+
+
+SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio odd constant: spreads (seed, sample number) over the seed space
+
+
+def sample_seed(seed: int, sample_number: int, stream: int = 0) -> int:
+    """A 63-bit seed that is a pure function of (seed, sample number, stream); e.g. stream 0 = data, 1 = noise."""
+    value = int(seed) * SEED_MIX + int(sample_number) * 0xBF58476D1CE4E5B9 + int(stream) * 0x94D049BB133111EB
+    return value % (2**63 - 1)
+
+
+class SeededSamples(Dataset):
+    """Item (index, sample number) -> `dataset[index]` drawn with torch seeded by `sample_seed(seed, number)`.
+
+    The sample's randomness (augmentation, a random partner sample) then depends on neither DataLoader workers
+    nor prefetching nor what ran before, and the global generator is left as it was. Plain integer items are
+    passed through unchanged (evaluation, tests).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not set yet (unpickling in a worker)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, item: Any) -> Any:
+        if not isinstance(item, tuple):
+            return self.dataset[item]
+        index, number = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, number))
+            return self.dataset[index]
+
+
+@contextlib.contextmanager
+def seeded_generators(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
+    """Run the block with torch's CPU (and this CUDA device's) generator seeded with `seed`; the states
+    outside the block are restored afterwards."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints through a temporary file + fsync + rename: never a truncated `last.ckpt`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        with atomic_write(path, "wb") as file:
+            torch.save(checkpoint, file)
 
 
 def resolve_resume(resume: str | None, run_root: str | Path) -> Path | None:

@@ -1,8 +1,12 @@
 """Build a Lightning Trainer from a config node (the `trainer:` section of an experiment).
 
 The node holds plain `pl.Trainer` keyword arguments (accelerator, devices, precision, strategy, max_steps,
-log_every_n_steps, ...). Added here: TensorBoard logging into `<run>/tb`, ModelCheckpoint into
-`<run>/checkpoints` (always `last.ckpt`; `best.ckpt` when a metric to monitor is given), the TQDM progress bar.
+log_every_n_steps, ...). Added here:
+- TensorBoard logging into `<run>/tb` and the TQDM progress bar;
+- `<run>/checkpoints/last.ckpt` from an unmonitored callback (every `checkpoint_every_n_steps` steps and at
+  the end: a callback that also monitors a metric would defer its step saves until the metric exists), and
+  `best.ckpt` from a second callback when a metric to `monitor` is given;
+- every checkpoint written atomically (`common.resilience.AtomicCheckpointIO`).
 Several GPUs get DDP through Lightning's own strategy; nothing here launches processes by hand.
 """
 
@@ -17,6 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import CheckpointIO
+
+from common.resilience import AtomicCheckpointIO
 
 DEFAULTS: dict[str, Any] = {
     "accelerator": "auto",
@@ -55,17 +62,16 @@ def build_trainer(trainer_cfg: DictConfig | dict | None, run_dir: str | Path, mo
 
     run_dir = Path(run_dir)
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
-    checkpoint_kwargs: dict[str, Any] = {
-        "dirpath": str(run_dir / "checkpoints"),
-        "save_last": True,
-        "auto_insert_metric_name": False,
-    }
-    if every_n_steps:
-        checkpoint_kwargs["every_n_train_steps"] = int(every_n_steps)
+    directory = str(run_dir / "checkpoints")
+    last = ModelCheckpoint(dirpath=directory, save_last=True, save_top_k=0, auto_insert_metric_name=False,
+                           every_n_train_steps=int(every_n_steps) if every_n_steps else None)
+    checkpoints = [last]
     if monitor:
-        checkpoint_kwargs.update(monitor=monitor, mode=mode, save_top_k=1, filename="best")
-    else:
-        checkpoint_kwargs.update(save_top_k=0)
-    all_callbacks = [ModelCheckpoint(**checkpoint_kwargs), TQDMProgressBar(refresh_rate=refresh_rate),
-                     *callbacks]
-    return pl.Trainer(logger=logger, callbacks=all_callbacks, default_root_dir=str(run_dir), **options)
+        checkpoints.append(ModelCheckpoint(dirpath=directory, monitor=monitor, mode=mode, save_top_k=1,
+                                           filename="best", auto_insert_metric_name=False))
+    all_callbacks = [*checkpoints, TQDMProgressBar(refresh_rate=refresh_rate), *callbacks]
+    plugins = list(options.pop("plugins", None) or [])
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return pl.Trainer(logger=logger, callbacks=all_callbacks, default_root_dir=str(run_dir), plugins=plugins,
+                      **options)

@@ -12,6 +12,14 @@
 - Validation: loss and the CLIPSeg metrics (mIoU / IoU_FG best, AP) of the EMA model; TensorBoard gets mask
   overlays (image | ground truth | prediction) for the first validation batch and every `log_images_every`
   training steps. Under DDP the validation metrics are per-rank means (the final evaluation is single-process).
+- Exact resume (docs/chapter3-models.md "Resuming"): the data order and each sample's augmentation are functions
+  of (seed, sample number) (ldznet.data.EpochStepSampler / NumberedSamples); the step's noise (VAE posterior draw,
+  t and the noise of z_t) is drawn inside a torch generator seeded with (seed, first sample number of the batch);
+  the epoch-mean loss the plateau scheduler reads is accumulated here and stored in the checkpoint with the next
+  sample number, so a resumed run continues exactly where the checkpoint was written.
+- Divergence guard (common.resilience.DivergenceGuard) on the already-computed loss scalar: `stop` raises naming
+  the step and the term before anything is written; `skip` drops the batch (no optimiser or EMA update) and logs
+  `train/skipped_batches`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.metrics.segmentation import ThresholdSweepMetrics
+from common.resilience import DivergenceGuard, sample_seed, seeded_generators
 from common.runs import write_metrics
 from common.viz import image_grid, overlay_mask
 from ldznet.checkpoints import DEFAULT_TASK, save_segmenter, segmenter_header
@@ -114,11 +123,15 @@ def overlay_panel(images: torch.Tensor, masks: torch.Tensor, logits: torch.Tenso
     return image_grid(rows, nrow=4)
 
 
+TRAIN_STATE_KEY = "ldznet_train_state"
+
+
 class SegmenterLitModule(pl.LightningModule):
     """Trains one segmenter variant; `model_cfg` / `optim_cfg` are the config's `model` / `optim` nodes."""
 
     def __init__(self, model_cfg: Mapping, optim_cfg: Mapping | None = None, task: str = DEFAULT_TASK,
-                 log_images_every: int = 500, components=None, run_dir: str | Path | None = None):
+                 log_images_every: int = 500, components=None, run_dir: str | Path | None = None,
+                 divergence_policy: str = "stop", seed: int = 0):
         super().__init__()
         model_cfg = model_options(model_cfg)
         stable_diffusion = dict(model_cfg.get("stable_diffusion") or {})
@@ -144,6 +157,13 @@ class SegmenterLitModule(pl.LightningModule):
         self._ema_context = None
         self.learning_rate: float | None = None
         self.run_dir = Path(run_dir) if run_dir is not None else None  # where on_train_end exports
+        self.guard = DivergenceGuard(divergence_policy)
+        self.seed = int(seed)
+        self.next_sample_number = 0  # first sample number not yet trained on (this rank)
+        self._epoch_loss_sum: torch.Tensor | None = None  # summed on device: no host sync per step
+        self._epoch_loss_count = 0
+        self._epoch_loss_epoch = 0  # the epoch whose losses the sum holds
+        self._skip_ema = False
 
     # --- training ---------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -153,20 +173,69 @@ class SegmenterLitModule(pl.LightningModule):
         logits = self.model(batch["image"], list(batch["prompt"]))
         return F.binary_cross_entropy_with_logits(logits.float(), batch["mask"].float()), logits
 
-    def training_step(self, batch: Mapping, batch_index: int) -> torch.Tensor:
-        loss, logits = self._loss(batch)
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # sample numbers as Python ints (read on the host, never synchronised from the device)
+        if isinstance(batch, dict) and isinstance(batch.get("sample_number"), torch.Tensor):
+            batch = {**batch, "sample_number": batch["sample_number"].tolist()}
+        return batch
+
+    def training_step(self, batch: Mapping, batch_index: int) -> torch.Tensor | None:
+        numbers = batch.get("sample_number")
+        if numbers:  # EpochStepSampler batches: noise is a function of (seed, sample number)
+            with seeded_generators(sample_seed(self.seed, numbers[0], stream=1), self.device):
+                loss, logits = self._loss(batch)
+            self.next_sample_number = max(self.next_sample_number, max(numbers) + 1)
+        else:
+            loss, logits = self._loss(batch)
         batch_size = batch["image"].shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self._skip_ema = not self.guard.check({"bce": loss.detach()}, int(self.global_step))
+        if self.guard.policy == "skip":
+            self.log("train/skipped_batches", float(self.guard.skipped_steps), on_step=True, on_epoch=False,
+                     batch_size=batch_size)
+        if self._skip_ema:
+            return None  # Lightning skips backward and the optimiser step
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
                  batch_size=batch_size)
+        if self._epoch_loss_count and self._epoch_loss_epoch != self.current_epoch:
+            # resumed from a checkpoint written on the last batch of an epoch: Lightning starts the next epoch
+            # without that epoch's end hooks, so its plateau step happens here
+            self._step_plateau(self._epoch_loss_mean())
+            self._epoch_loss_sum, self._epoch_loss_count = None, 0
+        self._epoch_loss_epoch = self.current_epoch
+        detached = loss.detach().float()
+        self._epoch_loss_sum = detached if self._epoch_loss_sum is None else self._epoch_loss_sum + detached
+        self._epoch_loss_count += 1
         if self.log_images_every and self.global_step % self.log_images_every == 0:
             self._log_overlays("train/overlays", batch, logits)
         return loss
 
+    def on_train_epoch_end(self) -> None:
+        # the plateau scheduler's input; accumulated here (and checkpointed) so a mid-epoch resume sees all of it
+        if self._epoch_loss_count:
+            mean = self._epoch_loss_mean()
+            self.log("train/loss_epoch", mean, on_step=False, on_epoch=True)
+            fit_loop = self.trainer.fit_loop
+            if fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached():
+                self._step_plateau(mean)  # Lightning skips plateau schedulers at the first epoch end after a resume
+        self._epoch_loss_sum, self._epoch_loss_count = None, 0
+
+    def _epoch_loss_mean(self) -> torch.Tensor:
+        """Mean training loss of the epoch so far, averaged over DDP ranks (every rank's plateau scheduler then
+        takes the same decision)."""
+        mean = (self._epoch_loss_sum / self._epoch_loss_count).to(self.device)
+        return self.trainer.strategy.reduce(mean, reduce_op="mean")
+
+    def _step_plateau(self, mean: torch.Tensor) -> None:
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(float(mean))
+
     def optimizer_step(self, *args, **kwargs) -> None:
         # EMA after each real optimiser step (before Lightning's checkpoint callback sees the step)
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
+        if self.ema is not None and not self._skip_ema:
             self.ema.update(self.model)
 
     # --- validation (EMA weights) -------------------------------------------------------------------------
@@ -241,10 +310,32 @@ class SegmenterLitModule(pl.LightningModule):
         checkpoint["ldznet_segmenter"] = segmenter_header(self.model_cfg, self.task, self.stable_diffusion_record)
         if self.ema is not None:
             checkpoint["ema_state_dict"] = self.ema.state_dict()
+        checkpoint[TRAIN_STATE_KEY] = self.train_state()
+
+    def train_state(self) -> dict[str, Any]:
+        """What exact resume needs beyond Lightning's own state (plain numbers: weights_only loading)."""
+        loss_sum = 0.0 if self._epoch_loss_sum is None else float(self._epoch_loss_sum)
+        return {"seed": self.seed, "next_sample_number": int(self.next_sample_number),
+                "epoch_loss_sum": loss_sum, "epoch_loss_count": int(self._epoch_loss_count),
+                "epoch_loss_epoch": int(self._epoch_loss_epoch),
+                "skipped_batches": int(self.guard.skipped_steps)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {"model." + name for name, parameter in self.model.named_parameters() if parameter.requires_grad}
+        missing = sorted(trainable - set(checkpoint.get("state_dict", {})))
+        if missing:  # strict_loading is off for the frozen SD parts; the trainable ones must all be there
+            variant = (checkpoint.get("ldznet_segmenter") or {}).get("variant")
+            raise ValueError(f"checkpoint (a {variant!r} model) lacks {len(missing)} trainable weights of this "
+                             f"{self.model.variant!r} model, e.g. {missing[:3]}")
         if self.ema is not None and checkpoint.get("ema_state_dict"):
             self.ema.load_state_dict(checkpoint["ema_state_dict"])
+        state = checkpoint.get(TRAIN_STATE_KEY)
+        if state:
+            self.next_sample_number = int(state["next_sample_number"])
+            self._epoch_loss_count = int(state["epoch_loss_count"])
+            self._epoch_loss_epoch = int(state.get("epoch_loss_epoch", 0))
+            self._epoch_loss_sum = torch.tensor(float(state["epoch_loss_sum"])) if self._epoch_loss_count else None
+            self.guard.skipped_steps = int(state["skipped_batches"])
 
     def on_train_end(self) -> None:
         """Export inside the training process(es), so spawned DDP workers export their own EMA: a final
@@ -264,6 +355,7 @@ class SegmenterLitModule(pl.LightningModule):
         write_metrics(self.run_dir, {
             "variant": self.model.variant, "task": self.task, "global_step": int(trainer.global_step),
             "learning_rate": self.learning_rate, "validation": validation,
+            "skipped_batches": int(self.guard.skipped_steps),
             "segmenter": str(self.run_dir / "segmenter.pt"), "stable_diffusion": self.stable_diffusion_record,
         })
 

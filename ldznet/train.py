@@ -5,37 +5,56 @@ learning rate, validation metrics, mask overlays), checkpoints/ (last.ckpt, best
 `segmenter.pt`: the final trainable + EMA weights, loadable with `ldznet.checkpoints.load_segmenter`.
 `metrics.json` records the learning rate actually used, the steps run, the final validation metrics and the
 sha256 of the Stable Diffusion files.
+
+Resume: `resume=last` continues from the newest `checkpoints/last.ckpt` of the experiment (under
+`<root>/chapter3/<experiment>/`), `resume=PATH` from that file; the resumed run gets a new run folder.
+Restored: step counter, AdamW and plateau-scheduler states, EMA, RNG states, the epoch-mean loss so far and
+the data position (docs/chapter3-models.md "Resuming"). `divergence_policy=stop|skip` decides what a
+non-finite loss does. Checkpoints are written to a temporary file and renamed (a kill mid-save leaves the
+previous `last.ckpt`).
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from common.config import load_config, parse_cli
+from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resume
 from common.runs import start_run
 from common.trainer import build_trainer
-from ldznet.data import build_dataset
-from ldznet.lit_module import SegmenterLitModule
+from ldznet.data import EpochStepSampler, NumberedSamples, build_dataset
+from ldznet.lit_module import TRAIN_STATE_KEY, SegmenterLitModule
+
+log = logging.getLogger(__name__)
 
 CHAPTER = "chapter3"
 TIMESTAMP_VARIABLE = "LDZNET_RUN_TIMESTAMP"
+RESUME_VARIABLE = "LDZNET_RESUME_PATH"
 
 
-def build_loaders(cfg: DictConfig) -> tuple[DataLoader, DataLoader | None]:
+def build_loaders(cfg: DictConfig, start_sample: int = 0) -> tuple[DataLoader, DataLoader | None]:
+    """Training order: `EpochStepSampler(seed)` from sample number `start_sample` (0, or a checkpoint's)."""
     data = cfg.data
     train_set = build_dataset(data.train, limit=data.get("train_limit"))
     if len(train_set) == 0:
         raise ValueError(f"training set {data.train.name} ({data.train.root}, split {data.train.split}) is empty")
     workers = int(data.num_workers)
-    train_loader = DataLoader(train_set, batch_size=int(data.batch_size), shuffle=True, num_workers=workers,
-                              drop_last=len(train_set) >= int(data.batch_size), persistent_workers=workers > 0)
+    seed = int(cfg.get("seed") or 0)
+    sampler = EpochStepSampler(len(train_set), seed, start=start_sample)
+    train_loader = DataLoader(NumberedSamples(train_set, seed), batch_size=int(data.batch_size), sampler=sampler,
+                              num_workers=workers, drop_last=len(train_set) >= int(data.batch_size),
+                              persistent_workers=workers > 0)
     val_loader = None
     if data.get("val") is not None:
         val_set = build_dataset(data.val, limit=data.get("val_limit"))
@@ -53,20 +72,62 @@ def shared_timestamp() -> str:
     return timestamp
 
 
+def resume_state(path: Path | None, cfg: DictConfig | None = None) -> dict[str, Any]:
+    """The data position etc. stored by SegmenterLitModule in a Lightning checkpoint ({} when fresh); with
+    `cfg`, the checkpoint's variant and task must be the config's."""
+    if path is None:
+        return {}
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - re-raised naming the file
+        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({error})") from error
+    header = checkpoint.get("ldznet_segmenter") or {}
+    if cfg is not None:
+        for key, wanted in (("variant", str(cfg.model.variant)), ("task", str(cfg.task))):
+            if header.get(key) != wanted:
+                raise ValueError(f"cannot resume from {path}: it holds a {header.get(key)!r} {key}, not {wanted!r} "
+                                 f"({key} mismatch)")
+    state = checkpoint.get(TRAIN_STATE_KEY)
+    if state is None:
+        raise ValueError(f"{path} has no {TRAIN_STATE_KEY!r}: not a checkpoint of ldznet.train (or written before "
+                         "exact resume existed); it cannot be resumed exactly")
+    return dict(state)
+
+
 def train(cfg: DictConfig, components=None, root: str | Path = "runs") -> Path:
     """Fit `cfg` (a composed chapter-3 experiment) and export `segmenter.pt`; returns the run folder."""
-    experiment = cfg.get("experiment") or cfg.model.variant
-    run_dir = start_run(cfg, CHAPTER, str(experiment), root=root, timestamp=shared_timestamp())
-    train_loader, val_loader = build_loaders(cfg)
+    experiment = str(cfg.get("experiment") or cfg.model.variant)
+    resume_path = resolve_resume(cfg.get("resume") or None, Path(root) / CHAPTER / experiment)
+    if resume_path is not None:  # DDP ranks > 0 (copies of this process) resume from the file rank 0 chose
+        if int(os.environ.get("LOCAL_RANK", "0")) > 0 and RESUME_VARIABLE in os.environ:
+            resume_path = Path(os.environ[RESUME_VARIABLE])
+        os.environ[RESUME_VARIABLE] = str(resume_path)
+    state = resume_state(resume_path, cfg)
+    with open_dict(cfg):
+        if state:
+            if "seed" in cfg and int(cfg.seed) != int(state["seed"]):
+                log.warning("resume: using the checkpoint's seed %s, not %s", state["seed"], cfg.seed)
+            cfg.seed = int(state["seed"])
+            cfg.resume = str(resume_path)
+        cfg.divergence_policy = str(cfg.get("divergence_policy") or "stop")
+        if "use_distributed_sampler" not in cfg.trainer:
+            cfg.trainer.use_distributed_sampler = False  # EpochStepSampler shards by rank itself
+    run_dir = start_run(cfg, CHAPTER, experiment, root=root, timestamp=shared_timestamp())
+    train_loader, val_loader = build_loaders(cfg, start_sample=int(state.get("next_sample_number", 0)))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
     module = SegmenterLitModule(model_cfg, optim_cfg, task=str(cfg.task),
-                                log_images_every=int(cfg.log_images_every), components=components, run_dir=run_dir)
-    monitor = "val/miou_best" if val_loader is not None else None
-    trainer = build_trainer(cfg.trainer, run_dir, monitor=monitor, mode="max")
+                                log_images_every=int(cfg.log_images_every), components=components, run_dir=run_dir,
+                                divergence_policy=cfg.divergence_policy, seed=int(cfg.get("seed") or 0))
+    # last.ckpt (every N steps) and best.ckpt (by val/miou_best) come from two separate callbacks
+    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/miou_best" if val_loader is not None else None,
+                            mode="max", callbacks=[RNGStateCallback()])
     # the module's on_train_end writes segmenter.pt, the final last.ckpt and metrics.json
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                ckpt_path=cfg.get("resume") or None)
+    with warnings.catch_warnings():
+        # the data position is restored by EpochStepSampler(start=...), which Lightning cannot see
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                    ckpt_path=str(resume_path) if resume_path else None)
     if trainer.is_global_zero and not (run_dir / "segmenter.pt").is_file():
         raise RuntimeError(f"training ended without exporting {run_dir / 'segmenter.pt'}")
     return run_dir
@@ -75,7 +136,11 @@ def train(cfg: DictConfig, components=None, root: str | Path = "runs") -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     experiment, overrides = parse_cli(sys.argv[1:] if argv is None else argv)
     cfg = load_config(experiment, overrides)
-    run_dir = train(cfg)
+    try:
+        run_dir = train(cfg)
+    except NonFiniteLossError as error:
+        print(f"training stopped: {error}", file=sys.stderr)
+        return 3
     print(f"run folder: {run_dir}\nsegmenter: {run_dir / 'segmenter.pt'}")
     return 0
 
