@@ -18,26 +18,26 @@ def _hit_boxes(origins, dirs, boxes):
     best_t = np.full(n, np.inf)
     best_i = np.full(n, -1)
     best_axis = np.zeros(n, dtype=np.int64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / dirs
-        for index, box in enumerate(boxes):
-            lo = np.array([box[0], box[2], box[4]])
-            hi = np.array([box[1], box[3], box[5]])
-            t1 = (lo - origins) * inv
-            t2 = (hi - origins) * inv
-            tmin_axes = np.minimum(t1, t2)
-            tmax_axes = np.maximum(t1, t2)
-            # A ray parallel to a slab: inside it -> unconstrained, outside -> never hits.
-            parallel = dirs == 0
-            inside = (origins >= lo) & (origins <= hi)
-            tmin_axes = np.where(parallel, np.where(inside, -np.inf, np.inf), tmin_axes)
-            tmax_axes = np.where(parallel, np.where(inside, np.inf, -np.inf), tmax_axes)
-            tmin = tmin_axes.max(axis=1)
-            tmax = tmax_axes.min(axis=1)
-            hit = (tmax >= tmin) & (tmin > EPS) & (tmin < best_t)
-            best_t = np.where(hit, tmin, best_t)
-            best_i = np.where(hit, index, best_i)
-            best_axis = np.where(hit, tmin_axes.argmax(axis=1), best_axis)
+    safe = np.where(dirs == 0, 1e-12, dirs)  # a ray parallel to a slab: huge |t|, same verdict
+    inv = [1.0 / safe[:, k] for k in range(3)]
+    org = [np.ascontiguousarray(origins[:, k]) for k in range(3)]
+    for index, box in enumerate(boxes):
+        lows, highs = [], []
+        for k in range(3):
+            a = (box[2 * k] - org[k]) * inv[k]
+            b = (box[2 * k + 1] - org[k]) * inv[k]
+            lows.append(np.minimum(a, b))
+            highs.append(np.maximum(a, b))
+        tmin = np.maximum(np.maximum(lows[0], lows[1]), lows[2])
+        tmax = np.minimum(np.minimum(highs[0], highs[1]), highs[2])
+        hit = (tmax >= tmin) & (tmin > EPS) & (tmin < best_t)
+        if not hit.any():
+            continue
+        best_t[hit] = tmin[hit]
+        best_i[hit] = index
+        axis = np.where(lows[0][hit] >= lows[1][hit], 0, 1)
+        axis = np.where(lows[2][hit] >= np.maximum(lows[0][hit], lows[1][hit]), 2, axis)
+        best_axis[hit] = axis
     normals = np.zeros_like(dirs)
     rows = np.arange(n)
     normals[rows, best_axis] = -np.sign(dirs[rows, best_axis])

@@ -1,0 +1,237 @@
+"""The miniature's stages, in order: three worlds, the tiny LDM, then each chapter's own pipeline.
+
+    world_street  world_faces  world_shapes      procedural data in the real formats (demo/worlds)
+    tiny_ldm                                     the stand-in for Stable Diffusion v1.4 (demo/tiny_ldm.py)
+    depth                                        sharingan.pipeline --task depth   (Tables 2.1, 2.2, 2.5, 2.6)
+    faces                                        sharingan.pipeline --task normals (Tables 2.3, 2.4)
+    ldznet                                       ldznet.pipeline (RGBNet, ZNet, LD-ZNet, concat; Tables 3.1-3.4)
+    probe                                        ldznet.analysis.probe (Fig 3.4 block x timestep heat map)
+
+A chapter stage runs its pipeline once per training seed on the world's files (roots and lists are passed
+as config overrides) and returns, per seed, the metrics of every row; the report averages them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from common.config import EXPERIMENTS_ROOT, load_config
+from demo.stages import Stage, StageContext, StageNotRunnable, plain
+
+DEMO_EXPERIMENTS = EXPERIMENTS_ROOT / "demo"
+
+
+def seeds_of(cfg: DictConfig) -> list[int]:
+    return [int(cfg.seed) + k for k in range(int(cfg.seeds))]
+
+
+def chapter_config(cfg: DictConfig, key: str) -> tuple[Path, list[str]]:
+    path = DEMO_EXPERIMENTS / str(cfg[key])
+    return path, [str(o) for o in cfg.overrides.get(key, [])]
+
+
+def composed(path: Path, overrides: list[str]) -> Any:
+    """The resolved chapter config (its content enters the stage key: edit the YAML, the stage re-runs)."""
+    try:
+        return plain(load_config(path, overrides))
+    except Exception as error:  # noqa: BLE001 - a config that does not compose yet (missing chapter file)
+        return {"unresolved": str(path), "overrides": overrides, "error": f"{type(error).__name__}: {error}"}
+
+
+# ----------------------------------------------------------------------------------------------- worlds
+
+def run_world_street(ctx: StageContext) -> dict:
+    from demo.worlds import street
+
+    c = ctx.config
+    size = tuple(c.size)
+    root = ctx.out_dir
+    workers = int(ctx.options.get("workers", 1))
+    return {
+        "vkitti": len(street.write_vkitti(root / "vkitti", int(c.vkitti.worlds), int(c.vkitti.frames), size,
+                                          tuple(c.vkitti.variations), seed=int(c.seed), workers=workers)),
+        "kitti": street.write_kitti(root / "kitti", {k: tuple(v) for k, v in c.kitti.items()}, size,
+                                    seed=int(c.seed), workers=workers),
+        "make3d": len(street.write_make3d(root / "make3d", int(c.make3d.n), tuple(c.make3d.size), seed=int(c.seed))),
+    }
+
+
+def run_world_faces(ctx: StageContext) -> dict:
+    from demo.worlds import faces
+
+    c = ctx.config
+    root, size, seed = ctx.out_dir, int(c.size), int(c.seed)
+    p, m = c.photoface, c.multipie
+    return {
+        "sfsnet": faces.write_sfsnet(root / "sfsnet", int(c.sfsnet), size, seed),
+        "celeba": faces.write_celeba(root / "celeba", tuple(c.celeba), size, seed),
+        "photoface": faces.write_photoface(root / "photoface", int(p.train_subjects), int(p.test_subjects),
+                                           int(p.sessions), size, seed),
+        "multipie": faces.write_multipie(root / "multipie", int(m.subjects), int(m.shots), tuple(m.canvas),
+                                         int(m.face_size), seed),
+    }
+
+
+def run_world_shapes(ctx: StageContext) -> dict:
+    from demo.worlds import shapes
+
+    c = ctx.config
+    root, size, seed = ctx.out_dir, int(c.size), int(c.seed)
+    return {
+        "phrasecut": shapes.write_phrasecut(root / "phrasecut", dict(c.phrasecut), size, seed),
+        "aigi": shapes.write_aigi(root / "aigi", int(c.aigi), size, seed),
+        "refer": shapes.write_refcoco(root / "refer", int(c.refcoco), size, seed),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- tiny LDM
+
+def run_tiny_ldm(ctx: StageContext) -> dict:
+    from demo.tiny_ldm import load_tiny_ldm, train_tiny_ldm
+
+    cfg = OmegaConf.create(ctx.config)
+    record = train_tiny_ldm(cfg, ctx.out_dir / "stable_diffusion")
+    load_tiny_ldm(ctx.out_dir / "stable_diffusion")  # must load back through the real SD loader
+    return record | {"folder": str(ctx.out_dir / "stable_diffusion")}
+
+
+# ----------------------------------------------------------------------------------------------- chapter 2
+
+def depth_data_overrides(world: Path) -> list[str]:
+    kitti = world / "kitti"
+    return [f"data.vkitti.root={world / 'vkitti'}", "data.vkitti.version=1",
+            f"data.vkitti.train_lists=[{world / 'vkitti' / 'trainA.txt'}]",
+            f"data.kitti.root={kitti}", f"data.kitti.train_list={kitti / 'train.txt'}",
+            f"data.kitti.val_list={kitti / 'val.txt'}", f"data.kitti.test_list={kitti / 'test.txt'}",
+            f"data.make3d.root={world / 'make3d'}"]
+
+
+def faces_data_overrides(world: Path) -> list[str]:
+    return [f"data.synthetic_root={world / 'sfsnet'}", f"data.celeba_root={world / 'celeba'}",
+            f"data.photoface_root={world / 'photoface'}", f"data.multipie_root={world / 'multipie'}"]
+
+
+def _read_rows(summary: dict) -> dict[str, dict]:
+    rows = {}
+    for name, entry in summary.get("rows", {}).items():
+        metrics_path = entry.get("metrics")
+        if metrics_path and Path(metrics_path).is_file():
+            rows[name] = json.loads(Path(metrics_path).read_text())
+    return rows
+
+
+def run_chapter2(task: str, world_stage: str, overrides_for):
+    def run(ctx: StageContext) -> dict:
+        from sharingan.pipeline import run_pipeline
+
+        c = ctx.config
+        world = ctx.path_of(world_stage)
+        per_seed = {}
+        for seed in c["seeds"]:
+            overrides = list(c["overrides"]) + overrides_for(world) + [f"seed={seed}"]
+            summary = run_pipeline(task, c["config"], overrides, root=ctx.out_dir / f"seed{seed}")
+            per_seed[str(seed)] = {"out_dir": str(summary["out_dir"]), "rows": _read_rows(summary),
+                                   "tables": summary.get("tables", []),
+                                   "checkpoints": {k: v.get("checkpoint") for k, v in summary["rows"].items()},
+                                   "pretrained": summary.get("pretrained", {})}
+        return {"task": task, "seeds": per_seed}
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------- chapter 3
+
+EVAL_SETS = ("phrasecut", "aigi", "refcoco", "refcoco_plus", "refcocog")
+
+
+def ldznet_data_overrides(world: Path, ldm: Path) -> list[str]:
+    roots = {"phrasecut": world / "phrasecut", "aigi": world / "aigi", "refcoco": world / "refer",
+             "refcoco_plus": world / "refer", "refcocog": world / "refer"}
+    return [f"model.stable_diffusion.path={ldm}", f"data.train.root={roots['phrasecut']}",
+            f"data.val.root={roots['phrasecut']}"] + [
+        f"pipeline.evaluation.datasets.{name}.root={roots[name]}" for name in EVAL_SETS]
+
+
+def run_ldznet(ctx: StageContext) -> dict:
+    try:
+        from ldznet.pipeline import run_pipeline
+    except ImportError as error:
+        raise StageNotRunnable(f"ldznet.pipeline cannot be imported: {error}") from error
+    c = ctx.config
+    world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
+    per_seed = {}
+    for seed in c["seeds"]:
+        out = ctx.out_dir / f"seed{seed}"
+        overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
+            f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
+        cfg = load_config(c["config"], overrides)
+        summary = run_pipeline(cfg)
+        per_seed[str(seed)] = {"out": str(out / "pipeline"), "results": summary["results"],
+                               "runs": summary["runs"], "tables": summary.get("tables", [])}
+    return {"seeds": per_seed}
+
+
+def run_probe(ctx: StageContext) -> dict:
+    try:
+        from ldznet.analysis.probe import run_probe as probe
+    except ImportError as error:
+        raise StageNotRunnable(f"ldznet.analysis.probe cannot be imported: {error}") from error
+    c = ctx.config
+    world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
+    overrides = list(c["overrides"]) + [f"stable_diffusion.path={ldm}", f"data.train.root={world / 'phrasecut'}",
+                                        f"data.val.root={world / 'phrasecut'}", f"out={ctx.out_dir}",
+                                        f"seed={c['seeds'][0]}"]
+    result = probe(load_config(c["config"], overrides))
+    return {"best": result["best"], "ap": result["ap"], "heat_map": str(ctx.out_dir / "probe_ap.png")}
+
+
+# ----------------------------------------------------------------------------------------------- the plan
+
+def build_stages(cfg: DictConfig) -> list[Stage]:
+    seeds = seeds_of(cfg)
+    world_seed = int(cfg.world_seed)
+
+    def world(name: str) -> DictConfig:
+        node = OmegaConf.merge(cfg.worlds[name], {"seed": world_seed})
+        return node
+
+    tiny_path, tiny_overrides = chapter_config(cfg, "tiny_ldm")
+    tiny = load_config(tiny_path, tiny_overrides)
+    tiny.seed = int(cfg.seed)
+
+    def chapter(key: str) -> dict:
+        path, overrides = chapter_config(cfg, key)
+        return {"config": str(path), "overrides": overrides, "seeds": seeds, "composed": composed(path, overrides)}
+
+    return [
+        Stage("world_street", run_world_street, world("street"), options={"workers": int(cfg.threads)},
+              code=("demo.worlds.street", "demo.worlds.raycast", "demo.worlds.noise", "sharingan.data"),
+              description="depth world: vKITTI (synthetic), KITTI raw (real, stereo + Velodyne), Make3D"),
+        Stage("world_faces", run_world_faces, world("faces"),
+              code=("demo.worlds.faces", "demo.worlds.noise", "sharingan.data"),
+              description="face world: SfSNet synthetic, CelebA, Photoface, Multi-PIE"),
+        Stage("world_shapes", run_world_shapes, world("shapes"),
+              code=("demo.worlds.shapes", "demo.worlds.noise", "ldznet.data"),
+              description="segmentation world: PhraseCut, AIGI, RefCOCO / RefCOCO+ / G-Ref"),
+        Stage("tiny_ldm", run_tiny_ldm, tiny, requires=("ldznet.stable_diffusion", "ldznet.tiny_configs"),
+              code=("demo.tiny_ldm", "demo.worlds.shapes", "ldznet.stable_diffusion", "ldznet.tiny_configs"),
+              description="tiny LDM: AutoencoderKL + contrastive CLIP text encoder + DDPM UNet (diffusers layout)"),
+        Stage("depth", run_chapter2("depth", "world_street", depth_data_overrides), chapter("depth"),
+              needs=("world_street",), requires=("sharingan.pipeline", "sharingan.tasks.depth"),
+              code=("sharingan", "common"),
+              description="Chapter 2 depth: pretrain G and T, SharinGAN and ablations, KITTI + Make3D"),
+        Stage("faces", run_chapter2("normals", "world_faces", faces_data_overrides), chapter("faces"),
+              needs=("world_faces",), requires=("sharingan.pipeline", "sharingan.tasks.normals"),
+              code=("sharingan", "common"),
+              description="Chapter 2 faces: SfSNet and SharinGAN, Photoface normals + Multi-PIE lighting"),
+        Stage("ldznet", run_ldznet, chapter("ldznet"), needs=("world_shapes", "tiny_ldm"),
+              requires=("ldznet.pipeline",), code=("ldznet", "common"),
+              description="Chapter 3: RGBNet, ZNet, LD-ZNet, concat on PhraseCut, AIGI, RefCOCO"),
+        Stage("probe", run_probe, chapter("probe"), needs=("world_shapes", "tiny_ldm"),
+              requires=("ldznet.analysis.probe",), code=("ldznet", "common"),
+              description="Fig 3.4: AP of a small decoder per (spatial-attention block, timestep)"),
+    ]

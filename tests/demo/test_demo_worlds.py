@@ -1,0 +1,205 @@
+"""The procedural worlds of the miniature: exact labels, determinism, and the real-format round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from demo.worlds import faces, shapes, street
+from demo.worlds.raycast import camera_rays, raycast
+
+
+# ----------------------------------------------------------------------------------------------- ray casting
+def test_raycast_ground_plane_depth_is_exact():
+    scene = {"ground_y": 1.6, "boxes": [], "cylinders": []}
+    dirs = np.array([[0.0, 0.1, 1.0], [0.0, 0.2, 1.0], [0.0, -0.1, 1.0]])
+    hit = raycast(np.zeros(3), dirs, scene)
+    assert hit["t"][0] == pytest.approx(16.0) and hit["t"][1] == pytest.approx(8.0)
+    assert hit["kind"].tolist() == [1, 1, 0] and np.isinf(hit["t"][2])
+
+
+def test_raycast_nearest_of_box_and_cylinder():
+    scene = {"ground_y": 1.6, "boxes": [(-1.5, 1.5, -1, 1.6, 10, 12)], "cylinders": [(0.0, 5.0, 0.5, 3.0)]}
+    hit = raycast(np.zeros(3), np.array([[0.0, 0.0, 1.0], [0.12, 0.0, 1.0]]), scene)
+    assert hit["kind"][0] == 3 and hit["t"][0] == pytest.approx(4.5)  # cylinder front face at z = 5 - 0.5
+    assert hit["kind"][1] == 2 and hit["t"][1] == pytest.approx(10.0)  # box front face at z = 10
+    assert hit["normal"][1].tolist() == [0.0, 0.0, -1.0]
+
+
+def test_camera_rays_centre_pixel_convention():
+    dirs = camera_rays(3, 5, fx=10.0, fy=10.0, cx=2.0, cy=1.0).reshape(3, 5, 3)
+    assert dirs[1, 2].tolist() == [0.0, 0.0, 1.0]
+    assert dirs[0, 4, 0] == pytest.approx(0.2) and dirs[0, 4, 1] == pytest.approx(-0.1)
+
+
+# ---------------------------------------------------------------------------------------------- street world
+def test_street_render_depth_matches_lidar_and_is_deterministic():
+    camera = street.Camera.kitti_like(24, 80)
+    a = street.render_street_sequence(3, 1, camera, "real", stereo=True, lidar=True)[0]
+    b = street.render_street_sequence(3, 1, camera, "real", stereo=True, lidar=True)[0]
+    assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["velodyne"], b["velodyne"])
+    assert a["image"].shape == (24, 80, 3) and a["image"].dtype == np.uint8
+    assert not np.array_equal(a["image"], a["image_right"])
+    # project the scan into camera 2 with the calibration: the laser sees the same geometry the camera does
+    calib = street.kitti_calibration(camera)
+    points = a["velodyne"][:, :3] @ calib["velo_R"].T + calib["velo_T"]
+    front = points[:, 2] > 1.0
+    uvw = points[front] @ calib["P_rect_02"][:, :3].T + calib["P_rect_02"][:, 3]
+    u, v = np.round(uvw[:, 0] / uvw[:, 2]).astype(int), np.round(uvw[:, 1] / uvw[:, 2]).astype(int)
+    inside = (u >= 0) & (u < 80) & (v >= 0) & (v < 24)
+    rel = np.abs(a["depth"][v[inside], u[inside]] - uvw[inside, 2]) / uvw[inside, 2]
+    assert inside.sum() > 100 and np.median(rel) < 0.02
+
+
+def test_synthetic_and_real_styles_differ_on_same_geometry():
+    camera = street.Camera.kitti_like(24, 80)
+    syn = street.render_street_sequence(5, 1, camera, "synthetic")[0]
+    real = street.render_street_sequence(5, 1, camera, "real")[0]
+    assert np.array_equal(np.isinf(syn["depth"]), np.isinf(real["depth"]))
+    assert np.abs(syn["image"].astype(int) - real["image"].astype(int)).mean() > 10
+
+
+def test_vkitti_depth_encoding():
+    cm = street.vkitti_depth_cm(np.array([[1.234, np.inf], [700.0, 0.001]]))
+    assert cm.dtype == np.uint16 and cm.tolist() == [[123, 65535], [65535, 1]]
+
+
+def test_make3d_grid_shape_and_sky_saturation():
+    sample = street.render_make3d(0, street.Camera.make3d_like(32, 24))
+    grid = sample["grid"]
+    assert grid.shape == (55, 305, 4) and sample["image"].shape == (32, 24, 3)
+    assert grid[..., 3].max() <= 81.9 and grid[..., 3].min() > 0
+    assert (grid[0, :, 3] > grid[-1, :, 3]).mean() > 0.9  # top rows (sky / far) are farther than the ground
+
+
+# ------------------------------------------------------------------------------------------------ face world
+def test_face_normals_unit_and_synthetic_render_is_lambertian_sh():
+    rng = np.random.default_rng(0)
+    params, light = faces.sample_face(rng), faces.sample_light(rng)
+    s = faces.render_synthetic(params, light, 32)
+    assert np.allclose(np.linalg.norm(s["normal"], axis=-1), 1.0)
+    expected = np.clip(faces.sh_shading(s["normal"], light) * s["albedo"] / 255.0, 0, 1) * s["mask"][..., None]
+    assert np.abs(s["image"] / 255.0 - expected).max() < 0.01
+    # the face bulges towards the camera: nz is largest near the centre
+    assert s["normal"][16, 16, 2] > s["normal"][16, 3, 2] or not s["mask"][16, 3]
+
+
+def test_face_sh_matches_chapter2_shading_layer():
+    torch = pytest.importorskip("torch")
+    sfsnet = pytest.importorskip("sharingan.models.sfsnet")
+    rng = np.random.default_rng(1)
+    normals = rng.normal(size=(4, 5, 3))
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
+    light = faces.sample_light(rng)
+    ours = faces.sh_shading(normals, light)
+    theirs = sfsnet.sh_shading(torch.from_numpy(normals).permute(2, 0, 1)[None],
+                               torch.from_numpy(light)[None])[0].permute(1, 2, 0).numpy()
+    assert np.allclose(ours, theirs, atol=1e-6)
+
+
+def test_directional_sh_is_ambient_plus_cosine():
+    light = faces.directional_sh((0.0, 0.0, 1.0), 0.5, 0.3)
+    shading = faces.sh_shading(np.array([[[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]]), light)
+    assert shading[0, 0] == pytest.approx([0.8] * 3) and shading[0, 1] == pytest.approx([0.3] * 3)
+
+
+def test_real_face_has_hair_and_background():
+    rng = np.random.default_rng(2)
+    params = faces.sample_face(rng)
+    light = faces.sample_light(rng)
+    real = faces.render_real(params, light, 48, rng)
+    syn = faces.render_synthetic(params, light, 48)
+    assert real["mask"].sum() < syn["mask"].sum()  # hair covers the forehead
+    assert real["image"][0, 0].sum() > 0 and syn["image"][0, 0].sum() == 0  # background texture vs black
+
+
+def test_multipie_shots_are_distinct_lights():
+    lights = np.stack([faces.multipie_light(k) for k in range(19)])
+    distances = np.linalg.norm(lights[:, None] - lights[None], axis=-1) + np.eye(19)
+    assert distances.min() > 0.05
+
+
+# ---------------------------------------------------------------------------------------- segmentation world
+def test_shapes_scene_phrases_masks_and_caption():
+    rng = np.random.default_rng(4)
+    scene = shapes.sample_scene(rng, 64)
+    items = shapes.phrases(scene)
+    names = {item["phrase"] for item in items}
+    assert "sky" in names
+    objects = [r for r in scene["regions"] if r["kind"] == "object"]
+    for obj in objects:
+        assert f"{obj['attributes'][0]} {obj['name']}" in names and obj["mask"].any()
+    for a in objects:  # objects never overlap
+        for b in objects:
+            assert a is b or not (a["mask"] & b["mask"]).any()
+    text = shapes.caption(scene)
+    assert text.endswith("under the sky") and all(o["name"] in text for o in objects)
+
+
+def test_shapes_styles_differ_and_are_deterministic():
+    scene = shapes.sample_scene(np.random.default_rng(7), 48)
+    photo = shapes.render(scene, "photo", np.random.default_rng(0))
+    again = shapes.render(scene, "photo", np.random.default_rng(0))
+    art = shapes.render(scene, "illustration", np.random.default_rng(0))
+    assert np.array_equal(photo, again) and photo.shape == (48, 48, 3)
+    assert np.abs(photo.astype(int) - art.astype(int)).mean() > 10
+
+
+def test_referring_expressions_styles():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        scene = shapes.sample_scene(rng, 64, duplicate_prob=0.9)
+        for style in ("refcoco", "refcoco+", "refcocog"):
+            for ref in shapes.referring_expressions(scene, rng, style):
+                assert ref["sentences"] and scene["regions"][ref["region"]]["kind"] == "object"
+                if style == "refcoco+":
+                    assert not any(w in s.split() for s in ref["sentences"] for w in ("left", "right", "top"))
+
+
+# ------------------------------------------------------------------------------ real formats via the writers
+def test_street_fixture_reads_back_through_chapter2_loaders(tmp_path):
+    kitti = pytest.importorskip("sharingan.data.kitti")
+    vkitti = pytest.importorskip("sharingan.data.vkitti")
+    make3d = pytest.importorskip("sharingan.data.make3d")
+    street.write_street_fixture(tmp_path, n=2, size=(24, 80))
+    entries = vkitti.read_vkitti_list(tmp_path / "vkitti" / "trainA.txt")
+    depth_cm = vkitti.read_depth_png_cm(tmp_path / "vkitti" / vkitti.depth_path_for(entries[0]))
+    assert depth_cm.shape == (24, 80) and depth_cm.max() == 65535  # sky code
+    test = kitti.read_kitti_list(tmp_path / "kitti" / "test.txt")
+    gt = kitti.generate_depth_map(tmp_path / "kitti" / test[0].calib_dir, tmp_path / "kitti" / test[0].velodyne)
+    camera = street.Camera.kitti_like(24, 80)
+    exact = street.render_street_sequence(500 + 2, 1, camera, "real", stereo=True, lidar=True)[0]["depth"]
+    valid = gt > 0
+    # Velodyne ground truth = laser forward distance (0.27 m behind the camera), as monodepth2's vel_depth
+    rel = np.abs(gt[valid] - (exact[valid] + 0.27)) / gt[valid]
+    # 24x80 pixels are coarse (0.6 % at 96x320); a one-pixel misalignment of the calibration gives > 8 %
+    assert valid.mean() > 0.2 and np.median(rel) < 0.06
+    assert not (tmp_path / "kitti" / kitti.read_kitti_list(tmp_path / "kitti" / "train.txt")[0].velodyne).exists()
+    depth = make3d.read_make3d_depth(next((tmp_path / "make3d" / "Gridlaserdata").glob("*.mat")))
+    assert depth.shape == (55, 305)
+
+
+def test_faces_fixture_reads_back_through_chapter2_loaders(tmp_path):
+    synthetic = pytest.importorskip("sharingan.data.sfsnet_synthetic")
+    multipie = pytest.importorskip("sharingan.data.multipie")
+    written = faces.write_faces_fixture(tmp_path, n=3, size=32)
+    records = synthetic.scan_synthetic(tmp_path / "sfsnet")
+    assert len(records) == 3 and len(records[0].lighting if not hasattr(records[0].lighting, "is_file")
+                                     else synthetic.read_light(records[0].lighting)) == 27
+    assert len(multipie.scan_multipie(tmp_path / "multipie")) == written["multipie"] == 8
+    assert (tmp_path / "celeba" / "img_align_celeba" / "000001.jpg").is_file()
+    assert written["photoface"] == {"train": 4, "test": 4}
+
+
+def test_shapes_fixture_reads_back_through_chapter3_loaders(tmp_path):
+    phrasecut = pytest.importorskip("ldznet.data.phrasecut")
+    refcoco = pytest.importorskip("ldznet.data.refcoco")
+    aigi = pytest.importorskip("ldznet.data.aigi")
+    written = shapes.write_shapes_fixture(tmp_path, n=3, size=64)
+    test = phrasecut.PhraseCutDataset(tmp_path / "phrasecut", "test", image_size=64)
+    assert len(test) == written["phrasecut"]["test"]["tasks"]
+    sample = test[0]
+    assert sample["mask"].shape == (1, 64, 64) and 0 < sample["mask"].mean() < 1
+    assert len(aigi.AIGIDataset(tmp_path / "aigi", image_size=64)) == written["aigi"]["prompts"]
+    refs = refcoco.RefCOCODataset(tmp_path / "refer", "val", image_size=64, dataset="refcoco")
+    assert len(refs) > 0
