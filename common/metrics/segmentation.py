@@ -9,6 +9,8 @@ foreground when its probability is strictly greater than t. For each threshold:
 - AP: precision(t) = sum tp / (1 + sum tp + sum fp), recall(t) = sum tp / (1 + sum tp + sum fn), kept where
   sum tp + sum fp > 0, duplicate (recall, precision) pairs removed, sorted by recall and integrated with
   Simpson's rule (`scipy.integrate.simpson`; CLIPSeg used the older `simps`, so AP may differ slightly).
+  On very uneven recall spacing (a near-constant predictor) Simpson's parabolas can overshoot below 0 or
+  above 1; such a curve is integrated with the trapezoid rule instead (`integrate_precision_recall`).
 
 "best" = the maximum over thresholds; "@0.3" = the value at t = 0.3 (CLIPSeg's own rows in Table 3.1 use
 t = 0.3). All numbers are returned in percent, as the dissertation's tables print them.
@@ -17,7 +19,7 @@ t = 0.3). All numbers are returned in percent, as the dissertation's tables prin
 from __future__ import annotations
 
 import numpy as np
-from scipy.integrate import simpson
+from scipy.integrate import simpson, trapezoid
 
 from common.metrics._arrays import as_bool, as_float64
 
@@ -30,6 +32,14 @@ def _threshold_index(value: float) -> int:
     if abs(THRESHOLDS[index] - value) > 1e-9:
         raise ValueError(f"threshold {value} is not on the 0.02 grid")
     return index
+
+
+def integrate_precision_recall(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Area under precision(recall): Simpson's rule as CLIPSeg, trapezoids when Simpson leaves [0, 1]."""
+    area = float(simpson(precision, x=recall))
+    if not 0.0 <= area <= 1.0:
+        area = float(trapezoid(precision, x=recall))
+    return area
 
 
 class ThresholdSweepMetrics:
@@ -87,7 +97,7 @@ class ThresholdSweepMetrics:
         if len(pairs) < 2:
             return 0.0
         recall, precision = np.array(pairs).T
-        return float(simpson(precision, x=recall))
+        return integrate_precision_recall(recall, precision)
 
     def compute(self) -> dict[str, float]:
         if not self.per_sample_iou:

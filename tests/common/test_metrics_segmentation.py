@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.integrate import simpson
 
-from common.metrics.segmentation import THRESHOLDS, ThresholdSweepMetrics
+from common.metrics.segmentation import THRESHOLDS, ThresholdSweepMetrics, integrate_precision_recall
 
 
 def test_grid_is_49_thresholds_from_002_to_098():
@@ -87,3 +87,11 @@ def test_bad_inputs():
         metrics.add(np.full((2, 2), np.nan), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="no sample"):
         metrics.compute()
+
+
+def test_uneven_recall_spacing_falls_back_to_trapezoids_instead_of_a_negative_area():
+    recall, precision = np.array([0.0, 0.01, 1.0]), np.array([1.0, 0.0, 1.0])
+    assert simpson(precision, x=recall) < 0  # Simpson's parabola overshoots on this spacing
+    assert integrate_precision_recall(recall, precision) == pytest.approx(0.5 * 0.01 + 0.5 * 0.99)
+    evenly = np.linspace(0, 1, 5)
+    assert integrate_precision_recall(evenly, evenly**2) == pytest.approx(1 / 3)  # Simpson is exact here
