@@ -63,7 +63,9 @@ def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
 
 
 def run_killed(tiny, overrides, root, stage, kill_at):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+    # same intra-op thread count as the in-process reference and resumed runs: CPU kernels split reductions by
+    # thread, so other counts change gradients in the last bits, which Adam's normalised step amplifies
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads()),
            "SHARINGAN_TEST_KILL_AT": str(kill_at)}
     process = subprocess.run([sys.executable, "-c", KILL_DRIVER, str(tiny), "--stage", stage, "--root", str(root),
                               *overrides], cwd=root, env=env, capture_output=True, text=True, timeout=300)
