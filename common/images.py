@@ -142,3 +142,20 @@ def load_image_rgb(path: str | Path, background: tuple[int, int, int] = (255, 25
     if mode in ("1", "P", "PA") or mode in _COLOUR_MODES:
         notes.insert(0, f"{mode} image converted to RGB")
     return LoadedImage(rgb, f"{path}: " + "; ".join(notes) if notes else None)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """An image file -> [it]; a folder -> its images (by suffix, sorted); an error naming the path otherwise.
+    Used by the predict commands of both chapters."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+        return images
+    raise FileNotFoundError(f"image or folder not found: {path}")

@@ -23,23 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from common.images import load_image_rgb
+from common.images import list_images, load_image_rgb
 from common.viz import overlay_mask, save_png
 from ldznet.data.aigi import keep_aspect_size
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def list_images(path: str | Path) -> list[Path]:
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-        return images
-    raise FileNotFoundError(f"image or folder not found: {path}")
 
 
 def prepare_image(image: np.ndarray, image_size: int = 384) -> torch.Tensor:

@@ -9,22 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.images import list_images
 from sharingan.lit_module import load_networks
 from sharingan.tasks import load_task
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-def list_inputs(path: str | Path) -> list[Path]:
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
-        return images
-    raise FileNotFoundError(f"input not found: {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -35,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser.add_argument("--task", default=None, help="refuse a checkpoint of another task")
     args, overrides = parser.parse_known_args(argv)
     networks, cfg, payload = load_networks(args.checkpoint, args.task, overrides)
-    written = load_task(payload["task"]).predict(cfg, networks, list_inputs(args.input), Path(args.out))
+    written = load_task(payload["task"]).predict(cfg, networks, list_images(args.input), Path(args.out))
     print(f"wrote {len(written)} files to {args.out}")
     return written
 

@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common.images import list_images
 from common.viz import overlay_mask, save_png
 from ldznet.data.transforms import read_rgb
 from ldznet.models.text_conditioning import FrozenTextConditioning
-from ldznet.predict import list_images, prepare_image, slug
+from ldznet.predict import prepare_image, slug
 from ldznet.stable_diffusion import StableDiffusionComponents, load_stable_diffusion
 
 

@@ -19,6 +19,37 @@ from torch.utils.data import DataLoader, Dataset
 from common.resilience import SeededSamples, StepSeededSampler
 
 
+class TwoDomains(Dataset):
+    """Unpaired samples for SharinGAN: item i = {"synthetic": synthetic[i mod Ns], "real": a uniformly random
+    real sample} (as the official loaders, which draw the two domains independently). The random partner is
+    drawn from torch's generator, which `SeededSamples` seeds per sample number."""
+
+    def __init__(self, synthetic: Dataset, real: Dataset) -> None:
+        if len(synthetic) == 0 or len(real) == 0:
+            raise ValueError(f"empty domain: {len(synthetic)} synthetic and {len(real)} real samples")
+        self.synthetic, self.real = synthetic, real
+
+    def __len__(self) -> int:
+        return max(len(self.synthetic), len(self.real))
+
+    def __getitem__(self, index: int) -> dict:
+        real_index = int(torch.randint(len(self.real), ()).item())
+        return {"synthetic": self.synthetic[index % len(self.synthetic)], "real": self.real[real_index]}
+
+
+class SyntheticOnly(Dataset):
+    """Synthetic samples alone, in the same {"synthetic": ...} batch form (task pretraining, stage 2)."""
+
+    def __init__(self, synthetic: Dataset) -> None:
+        self.synthetic = synthetic
+
+    def __len__(self) -> int:
+        return len(self.synthetic)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"synthetic": self.synthetic[index]}
+
+
 class ShardedStepSampler(StepSeededSampler):
     """`StepSeededSampler` (numbered) that gives rank r of W the sample numbers `start + r + k W`, where `start`
     counts the samples of all ranks; the rank is read from torch.distributed when iteration begins."""

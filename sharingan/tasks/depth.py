@@ -28,7 +28,7 @@ from common.metrics.depth import DepthErrorAggregator
 from common.results import write_results_table
 from common.viz import colorize_depth, save_png
 from sharingan.data.images import resize, to_network
-from sharingan.data.loaders import resumable_loader
+from sharingan.data.loaders import SyntheticOnly, TwoDomains, resumable_loader
 from sharingan.losses import DepthLossWeights, DepthTaskLoss, depth_from_network
 from sharingan.models.critic import ImageCritic
 from sharingan.models.depth_network import DepthUNet
@@ -123,34 +123,6 @@ def real_dataset(cfg: DictConfig, augment: bool) -> Dataset:
                      cfg.data.kitti.get("limit"))
     return KittiStereoDataset(_root(cfg, "data.kitti.root", "KITTI raw root"), entries, size=cfg.data.size,
                               augment=augment, rotation_degrees=float(cfg.data.rotation_degrees))
-
-
-class TwoDomains(Dataset):
-    """Unpaired samples: item i = synthetic[i mod Ns] with a uniformly random real sample (as the official
-    loaders, which draw KITTI and vKITTI independently)."""
-
-    def __init__(self, synthetic: Dataset, real: Dataset) -> None:
-        if len(synthetic) == 0 or len(real) == 0:
-            raise ValueError(f"empty domain: {len(synthetic)} synthetic and {len(real)} real samples")
-        self.synthetic, self.real = synthetic, real
-
-    def __len__(self) -> int:
-        return max(len(self.synthetic), len(self.real))
-
-    def __getitem__(self, index: int) -> dict:
-        real_index = int(torch.randint(len(self.real), ()).item())
-        return {"synthetic": self.synthetic[index % len(self.synthetic)], "real": self.real[real_index]}
-
-
-class SyntheticOnly(Dataset):
-    def __init__(self, synthetic: Dataset) -> None:
-        self.synthetic = synthetic
-
-    def __len__(self) -> int:
-        return len(self.synthetic)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"synthetic": self.synthetic[index]}
 
 
 def collate_eval(samples: list[dict]) -> dict:

@@ -32,7 +32,7 @@ from common.metrics.normals import PhotofaceAggregator, normal_errors
 from common.results import write_results_table
 from common.viz import normals_to_rgb, save_png
 from sharingan.data.celeba import CelebAImages, pseudo_labelled_dataset
-from sharingan.data.loaders import resumable_loader
+from sharingan.data.loaders import SyntheticOnly, TwoDomains, resumable_loader
 from sharingan.data.multipie import MultiPIEDataset, lighting_class_scores
 from sharingan.data.photoface import PhotofaceDataset
 from sharingan.data.sfsnet_synthetic import synthetic_dataset, write_light
@@ -161,33 +161,6 @@ def multipie_data(cfg: DictConfig) -> Dataset:
                            int(node.crop_size), image_size(cfg), cfg.data.get("multipie_limit"))
 
 
-class TwoDomains(Dataset):
-    """Unpaired synthetic and real samples: item i = synthetic[i mod Ns] with a random real sample."""
-
-    def __init__(self, synthetic: Dataset, real: Dataset) -> None:
-        if len(synthetic) == 0 or len(real) == 0:
-            raise ValueError(f"empty domain: {len(synthetic)} synthetic and {len(real)} real samples")
-        self.synthetic, self.real = synthetic, real
-
-    def __len__(self) -> int:
-        return max(len(self.synthetic), len(self.real))
-
-    def __getitem__(self, index: int) -> dict:
-        real_index = int(torch.randint(len(self.real), ()).item())
-        return {"synthetic": self.synthetic[index % len(self.synthetic)], "real": self.real[real_index]}
-
-
-class OneDomain(Dataset):
-    def __init__(self, synthetic: Dataset) -> None:
-        self.synthetic = synthetic
-
-    def __len__(self) -> int:
-        return len(self.synthetic)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"synthetic": self.synthetic[index]}
-
-
 class FaceDataModule(pl.LightningDataModule):
     """Training batches of one stage (see `build_datamodule`) and the Photoface validation loader."""
 
@@ -205,7 +178,7 @@ class FaceDataModule(pl.LightningDataModule):
         if self.stage == "pretrain_generator":
             self.dataset = TwoDomains(synthetic_data(self.cfg, "train"), celeba_images(self.cfg, "train"))
         elif self.stage == "pretrain_task":
-            self.dataset = OneDomain(synthetic_data(self.cfg, "train"))
+            self.dataset = SyntheticOnly(synthetic_data(self.cfg, "train"))
         else:
             self.dataset = TwoDomains(synthetic_data(self.cfg, "train"), celeba_pseudo_labelled(self.cfg, "train"))
 

@@ -160,7 +160,7 @@ def test_predict_writes_colour_and_16bit_metric_png(tmp_path):
         depth = predict_depth(loaded["generator"], loaded["task_network"], x[None])[0, 0].numpy()
     expected = cv2.resize(depth, (100, 40), interpolation=cv2.INTER_LINEAR)
     assert np.abs(metric / 256.0 - expected).max() <= 1 / 256 + 1e-4
-    with pytest.raises(FileNotFoundError, match="input not found"):
+    with pytest.raises(FileNotFoundError, match="image or folder not found: .*none"):
         predict_main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "none"), "--out", str(tmp_path)])
 
 
