@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -164,33 +163,6 @@ def test_sample_randomness_is_seeded_by_sample_number():
     assert torch.equal(torch.get_rng_state(), state)  # the global generator is untouched
     assert first == again and first["sample_number"] == 5 and other["value"] != first["value"]
     assert sample_seed(3, 5, stream=0) != sample_seed(3, 5, stream=1)
-
-
-ATOMIC_WRITER = textwrap.dedent("""
-    import sys, torch
-    from common.resilience import AtomicCheckpointIO
-    io, path = AtomicCheckpointIO(), sys.argv[1]
-    step = 0
-    while True:
-        io.save_checkpoint({"step": step, "weights": torch.full((4_000_000,), float(step))}, path)
-        step += 1
-""")
-
-
-def test_sigkill_during_checkpoint_writes_leaves_a_whole_last_ckpt(tmp_path):
-    path = tmp_path / "last.ckpt"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-c", ATOMIC_WRITER, str(path)], env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not path.exists() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
-        time.sleep(0.3)  # the writer spends nearly all its time inside a 16 MB save
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    checkpoint = load_torch(path)  # a whole file: either the previous or the new checkpoint
-    assert torch.equal(checkpoint["weights"], torch.full((4_000_000,), float(checkpoint["step"])))
 
 
 def test_resume_from_another_variant_is_refused_naming_the_checkpoint(world, tmp_path):
