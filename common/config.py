@@ -10,11 +10,15 @@ relative to the including file, or to the `experiments/` folder when it starts w
 
 An override of a key that no file defines is an error that lists the valid keys (a typo must not silently
 start a 3-day run with the default value); `+key=value` adds a new key on purpose.
+
+`${package_data:sharingan/data/splits}` in a config is the absolute path of a file or folder shipped inside an
+installed package (here the split lists), so the defaults work from any working directory and without a clone.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -24,6 +28,25 @@ from common.checkpoints import write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_ROOT = REPO_ROOT / "experiments"
+
+
+def package_data_path(relative: str) -> str:
+    """Absolute path of `relative` = "<top-level package>/<path inside it>" in the installed package.
+
+    The package is located without importing it. A missing package or file is an error naming both.
+    """
+    package, _, inside = str(relative).strip().strip("/").partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"${{package_data:{relative}}}: {package!r} is not an installed package")
+    path = Path(next(iter(spec.submodule_search_locations))) / inside
+    if not path.exists():
+        raise FileNotFoundError(f"${{package_data:{relative}}}: {path} does not exist (package data missing from "
+                                f"this install of {package!r}?)")
+    return str(path)
+
+
+OmegaConf.register_new_resolver("package_data", package_data_path, replace=True)
 
 
 class ConfigKeyError(KeyError):

@@ -34,7 +34,7 @@ from sharingan.data.vkitti import (
     write_vkitti_fixture,
 )
 
-SPLITS = Path(__file__).resolve().parents[3] / "shared" / "data" / "splits"
+SPLITS = Path(__file__).resolve().parents[2] / "sharingan" / "data" / "splits"  # shipped with the package
 
 
 # ---------------------------------------------------------------------------------------------- vKITTI
@@ -100,7 +100,6 @@ def test_vkitti_missing_files_are_named(tmp_path):
         VirtualKittiDataset(tmp_path / "nope", entries)
 
 
-@pytest.mark.skipif(not SPLITS.is_dir(), reason="real split lists not present")
 def test_real_split_lists_parse():
     train = read_vkitti_list(SPLITS / "vkitti_sharingan" / "trainA_SYN_original.txt")
     test = read_vkitti_list(SPLITS / "vkitti_sharingan" / "testA_SYN_original.txt")

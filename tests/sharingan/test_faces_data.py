@@ -19,7 +19,7 @@ from sharingan.data.sfsnet_synthetic import (
 )
 from sharingan.models.sfsnet import decode_normals, render
 
-SPLITS = Path(__file__).resolve().parents[3] / "shared" / "data" / "splits" / "photoface"
+SPLITS = Path(__file__).resolve().parents[2] / "sharingan" / "data" / "splits" / "photoface"  # shipped
 
 
 def test_synthetic_layout_round_trip(tmp_path):
@@ -140,7 +140,6 @@ def test_photoface_fixture_lists_and_samples(tmp_path):
         photoface.parse_photoface_list(bad)
 
 
-@pytest.mark.skipif(not SPLITS.is_dir(), reason="real Photoface lists not present in shared/data/splits")
 def test_real_photoface_lists_parse_with_the_documented_counts():
     test = photoface.split_entries(SPLITS, "test")
     train, val = photoface.split_entries(SPLITS, "train"), photoface.split_entries(SPLITS, "val")

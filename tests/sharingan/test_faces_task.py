@@ -159,12 +159,10 @@ def test_multipie_evaluation_and_prediction_files(world, tmp_path):
     assert read_rgb(tmp_path / "predict" / f"{inputs[0].stem}_normals.png").shape == (64, 64, 3)
 
 
-@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "splits" / "photoface").is_dir(),
-                    reason="real Photoface lists not present")
-def test_default_lists_are_the_real_ones_and_missing_images_are_named(world):
+def test_default_lists_are_the_real_ones_and_missing_images_are_named(world, monkeypatch):
+    monkeypatch.delenv("PHOTOFACE_LISTS", raising=False)
     cfg = load_config(ROOT / "experiments" / "chapter2" / "faces_pipeline.yaml",
                       [f"data.photoface_root={world / 'photoface'}"])
-    assert cfg.data.photoface_lists == "../shared/data/splits/photoface"
-    cfg.data.photoface_lists = str(ROOT.parent / "shared" / "data" / "splits" / "photoface")
+    assert Path(cfg.data.photoface_lists) == ROOT / "sharingan" / "data" / "splits" / "photoface"  # shipped copies
     with pytest.raises(FileNotFoundError, match="6459 files missing: .*photoface-results/1053"):
         load_task("normals").verify_data(cfg, ["evaluate"])
