@@ -1,33 +1,43 @@
-"""COCO-style masks without pycocotools: RLE (compressed and uncompressed) and polygon rasterisation.
+"""COCO-style masks of RefCOCO, RefCOCO+ and G-Ref (dissertation §3.4.3) through pycocotools, as refer does.
 
-RefCOCO, RefCOCO+ and G-Ref store their masks as COCO annotations (dissertation §3.4.3). The semantics
-follow pycocotools as documented in research/formats.md §12:
+refer's ``getMask`` (research/ldznet.md §5) turns an annotation's ``segmentation`` into a mask with
+``pycocotools.mask``: polygons (a list of flat ``[x1, y1, x2, y2, ...]`` lists) and uncompressed RLEs
+(``{"size": [H, W], "counts": [ints]}``, ``iscrowd: 1``) go through ``frPyObjects``, compressed RLEs
+(``"counts": str``) are used as they are, then ``decode`` and the parts are summed. Here the parts are
+merged (``merge``, a union), so every pixel covered at least once is foreground, and masks are (H, W) uint8
+in {0, 1}.
 
-- an RLE is ``{"size": [H, W], "counts": ...}`` (height first); the counts are run lengths over the
-  column-major (Fortran) flattening of the HxW mask, starting with a run of zeros;
-- compressed counts are an ASCII string (chars 48..111, 5 data bits per char plus a continuation bit,
-  each count from index 3 on stored as a difference to the count two places before); uncompressed counts
-  are a plain list of ints (``iscrowd: 1`` annotations);
-- a polygon is a flat ``[x1, y1, x2, y2, ...]`` list (x first, at least 3 points); it is rasterised the
-  way pycocotools does it: coordinates name pixel corners (pixel (r, c) spans [c, c+1) x [r, r+1)), the
-  outline is walked on a 5x finer grid (vertices snapped to it) and a pixel is inside when its centre is,
-  so a rectangle from (1, 1) to (6, 4) covers columns 1..5 and rows 1..3.
-
-Masks are returned as numpy uint8 arrays of shape (H, W) with values in {0, 1}.
+This module only checks its input before the library sees it, so that a bad annotation gets an error naming
+it: pycocotools would read a 4-number polygon as a box, and decode a compressed RLE whose runs fall short of
+H x W into uninitialised memory. `rle_string_to_counts` reads the run lengths of a compressed string for that
+check (and for the tests); the decoding itself is pycocotools'.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from pycocotools import mask as coco_mask
 
-_POLY_SCALE = 5.0
+
+def _decode(rles) -> np.ndarray:
+    """``pycocotools.mask.decode``; its numpy-2 DeprecationWarning (the ``__array__`` copy keyword, on every
+    call of 2.0.11) is silenced: nothing to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword",
+                                category=DeprecationWarning)
+        return coco_mask.decode(rles)
 
 
 def rle_string_to_counts(text: str | bytes) -> list[int]:
-    """Decode a compressed COCO RLE string into its run lengths (pycocotools ``rleFrString``)."""
+    """Run lengths of a compressed COCO RLE string (the format of pycocotools ``rleFrString``).
+
+    Each count is 5 data bits per character (chars 48..111) plus a continuation bit; from index 3 on it is
+    stored as a difference to the count two places before.
+    """
     if isinstance(text, bytes):
         text = text.decode("ascii")
     counts: list[int] = []
@@ -54,24 +64,6 @@ def rle_string_to_counts(text: str | bytes) -> list[int]:
     return counts
 
 
-def counts_to_rle_string(counts: Sequence[int]) -> str:
-    """Encode run lengths as a compressed COCO RLE string (pycocotools ``rleToString``)."""
-    chars: list[str] = []
-    for i, count in enumerate(counts):
-        value = int(count)
-        if i > 2:
-            value -= int(counts[i - 2])
-        more = True
-        while more:
-            code = value & 0x1F
-            value >>= 5
-            more = value != -1 if code & 0x10 else value != 0
-            if more:
-                code |= 0x20
-            chars.append(chr(code + 48))
-    return "".join(chars)
-
-
 def _rle_size(rle: Mapping, where: str) -> tuple[int, int]:
     size = rle.get("size")
     if not isinstance(size, Sequence) or len(size) != 2:
@@ -82,8 +74,7 @@ def _rle_size(rle: Mapping, where: str) -> tuple[int, int]:
     return height, width
 
 
-def counts_to_mask(counts: Sequence[int], height: int, width: int, where: str = "RLE") -> np.ndarray:
-    """Expand run lengths (column-major, zeros first) into an (H, W) uint8 mask."""
+def _check_counts(counts: Sequence[int], height: int, width: int, where: str) -> None:
     runs = np.asarray(counts, dtype=np.int64)
     if runs.ndim != 1 or (runs.size and runs.min() < 0):
         raise ValueError(f"{where}: RLE counts must be a flat list of non-negative ints")
@@ -91,13 +82,11 @@ def counts_to_mask(counts: Sequence[int], height: int, width: int, where: str = 
         raise ValueError(
             f"{where}: RLE counts sum to {int(runs.sum())} but size {height}x{width} needs {height * width}"
         )
-    values = (np.arange(runs.size) % 2).astype(np.uint8)
-    flat = np.repeat(values, runs)
-    return np.ascontiguousarray(flat.reshape(width, height).T)
 
 
 def mask_to_counts(mask: np.ndarray) -> list[int]:
-    """Run lengths of a binary (H, W) mask in column-major order, starting with a run of zeros."""
+    """Run lengths of a binary (H, W) mask in column-major order, starting with a run of zeros (the
+    uncompressed COCO RLE of ``iscrowd`` annotations; pycocotools only writes compressed ones)."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
@@ -113,92 +102,43 @@ def mask_to_counts(mask: np.ndarray) -> list[int]:
 
 
 def encode_rle(mask: np.ndarray, compressed: bool = True) -> dict:
-    """Encode a binary (H, W) mask as a COCO RLE dict (compressed string counts by default)."""
+    """A binary (H, W) mask as a COCO RLE dict: compressed (``pycocotools.mask.encode``, counts as str) or
+    uncompressed (a list of run lengths)."""
     mask = np.asarray(mask)
-    counts = mask_to_counts(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
     height, width = mask.shape
-    return {
-        "size": [int(height), int(width)],
-        "counts": counts_to_rle_string(counts) if compressed else counts,
-    }
+    if not compressed:
+        return {"size": [int(height), int(width)], "counts": mask_to_counts(mask)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
+        rle = coco_mask.encode(np.asfortranarray((mask > 0).astype(np.uint8)))
+    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
 
 
-def decode_rle(rle: Mapping, where: str = "RLE") -> np.ndarray:
-    """Decode a COCO RLE dict (compressed str/bytes or uncompressed list counts) into an (H, W) mask."""
+def _library_rle(rle: Mapping, where: str) -> dict:
+    """A checked RLE in the form pycocotools decodes (compressed counts as bytes)."""
     if not isinstance(rle, Mapping) or "counts" not in rle:
         raise ValueError(f"{where}: expected an RLE dict with 'size' and 'counts', got {type(rle).__name__}")
     height, width = _rle_size(rle, where)
     counts = rle["counts"]
     if isinstance(counts, (str, bytes)):
-        counts = rle_string_to_counts(counts)
-    elif not isinstance(counts, Sequence):
+        _check_counts(rle_string_to_counts(counts), height, width, where)
+        return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    if not isinstance(counts, Sequence):
         raise ValueError(f"{where}: RLE 'counts' must be a string or a list of ints")
-    return counts_to_mask(counts, height, width, where)
+    _check_counts(counts, height, width, where)
+    return coco_mask.frPyObjects({"size": [height, width], "counts": [int(c) for c in counts]}, height, width)
 
 
-def _polygon_counts(xy: Sequence[float], height: int, width: int) -> list[int]:
-    """Run lengths of one polygon, following pycocotools ``rleFrPoly`` step by step."""
-    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    # C casts (int) truncate toward zero.
-    xs = np.trunc(_POLY_SCALE * pts[:, 0] + 0.5).astype(np.int64)
-    ys = np.trunc(_POLY_SCALE * pts[:, 1] + 0.5).astype(np.int64)
-    xs = np.append(xs, xs[0])
-    ys = np.append(ys, ys[0])
-    us: list[np.ndarray] = []
-    vs: list[np.ndarray] = []
-    for j in range(len(pts)):
-        x0, x1, y0, y1 = int(xs[j]), int(xs[j + 1]), int(ys[j]), int(ys[j + 1])
-        dx, dy = abs(x1 - x0), abs(y0 - y1)
-        flip = (dx >= dy and x0 > x1) or (dx < dy and y0 > y1)
-        if flip:
-            x0, x1, y0, y1 = x1, x0, y1, y0
-        if dx >= dy:
-            slope = (y1 - y0) / dx if dx else 0.0
-            d = np.arange(dx + 1)
-            t = dx - d if flip else d
-            us.append(t + x0)
-            vs.append(np.trunc(y0 + slope * t + 0.5).astype(np.int64))
-        else:
-            slope = (x1 - x0) / dy
-            d = np.arange(dy + 1)
-            t = dy - d if flip else d
-            vs.append(t + y0)
-            us.append(np.trunc(x0 + slope * t + 0.5).astype(np.int64))
-    u = np.concatenate(us)
-    v = np.concatenate(vs)
-    # Keep the points where the boundary crosses a pixel-centre column, downsampled to pixel units.
-    prev_u, cur_u, prev_v, cur_v = u[:-1], u[1:], v[:-1], v[1:]
-    moving = cur_u != prev_u
-    xd = np.where(cur_u < prev_u, cur_u, cur_u - 1).astype(np.float64)
-    xd = (xd + 0.5) / _POLY_SCALE - 0.5
-    keep = moving & (np.floor(xd) == xd) & (xd >= 0) & (xd <= width - 1)
-    yd = np.where(cur_v < prev_v, cur_v, prev_v).astype(np.float64)
-    yd = (yd + 0.5) / _POLY_SCALE - 0.5
-    yd = np.ceil(np.clip(yd, 0, height))
-    starts = (xd[keep].astype(np.int64) * height + yd[keep].astype(np.int64)).tolist()
-    starts.append(height * width)
-    starts.sort()
-    diffs = []
-    previous = 0
-    for value in starts:
-        diffs.append(value - previous)
-        previous = value
-    runs = [diffs[0]]
-    j = 1
-    while j < len(diffs):
-        if diffs[j] > 0:
-            runs.append(diffs[j])
-            j += 1
-        else:  # two crossings at the same pixel cancel: merge the following run into the previous one
-            j += 1
-            if j < len(diffs):
-                runs[-1] += diffs[j]
-                j += 1
-    return runs
+def decode_rle(rle: Mapping, where: str = "RLE") -> np.ndarray:
+    """Decode a COCO RLE dict (compressed str/bytes or uncompressed list counts) into an (H, W) mask."""
+    return np.ascontiguousarray(_decode(_library_rle(rle, where)), dtype=np.uint8)
 
 
-def polygon_to_mask(xy: Sequence[float], height: int, width: int, where: str = "polygon") -> np.ndarray:
-    """Rasterise one flat ``[x1, y1, x2, y2, ...]`` polygon into an (H, W) uint8 mask (pycocotools rules)."""
+def _check_polygon(xy: Sequence[float], where: str) -> list[float]:
+    if isinstance(xy, (str, bytes)) or not isinstance(xy, Sequence):
+        raise ValueError(f"{where}: a polygon must be a flat list x1, y1, x2, y2, ...; got {type(xy).__name__}")
     if len(xy) % 2 or len(xy) < 6:
         raise ValueError(
             f"{where}: a polygon needs an even number (>= 6) of coordinates x1, y1, x2, y2...; got {len(xy)}"
@@ -206,14 +146,23 @@ def polygon_to_mask(xy: Sequence[float], height: int, width: int, where: str = "
     values = [float(c) for c in xy]
     if not all(math.isfinite(c) for c in values):
         raise ValueError(f"{where}: polygon coordinates must be finite")
-    return counts_to_mask(_polygon_counts(values, height, width), height, width, where)
+    return values
+
+
+def polygon_to_mask(xy: Sequence[float], height: int, width: int, where: str = "polygon") -> np.ndarray:
+    """Rasterise one flat ``[x1, y1, x2, y2, ...]`` polygon into an (H, W) uint8 mask (pycocotools
+    ``frPyObjects`` + ``decode``: coordinates name pixel corners, a pixel is inside when its centre is)."""
+    rles = coco_mask.frPyObjects([_check_polygon(xy, where)], int(height), int(width))
+    return np.ascontiguousarray(_decode(rles)[:, :, 0], dtype=np.uint8)
 
 
 def segmentation_to_mask(segmentation, height: int, width: int, where: str = "segmentation") -> np.ndarray:
     """Union mask of a COCO ``segmentation`` field: a list of polygons, an RLE dict, or a list of RLEs.
 
-    Like refer's ``getMask`` the parts are summed and every pixel covered at least once is foreground.
+    Like refer's ``getMask`` (pycocotools ``frPyObjects`` -> ``decode``) with the parts unioned
+    (``merge``): every pixel covered at least once is foreground.
     """
+    height, width = int(height), int(width)
     if isinstance(segmentation, Mapping):
         mask = decode_rle(segmentation, where)
         if mask.shape != (height, width):
@@ -223,10 +172,16 @@ def segmentation_to_mask(segmentation, height: int, width: int, where: str = "se
         return mask
     if not isinstance(segmentation, Sequence) or isinstance(segmentation, (str, bytes)) or not segmentation:
         raise ValueError(f"{where}: expected a non-empty list of polygons or an RLE dict")
-    union = np.zeros((height, width), dtype=np.uint8)
+    rles = []
     for k, part in enumerate(segmentation):
         if isinstance(part, Mapping):
-            union |= segmentation_to_mask(part, height, width, f"{where}[{k}]")
+            rle = _library_rle(part, f"{where}[{k}]")
+            if list(rle["size"]) != [height, width]:
+                raise ValueError(
+                    f"{where}[{k}]: RLE size {list(rle['size'])} differs from the image size {[height, width]}"
+                )
+            rles.append(rle)
         else:
-            union |= polygon_to_mask(part, height, width, f"{where}[{k}]")
-    return union
+            rles.extend(coco_mask.frPyObjects([_check_polygon(part, f"{where}[{k}]")], height, width))
+    merged = coco_mask.merge(rles, intersect=False) if len(rles) > 1 else rles[0]
+    return np.ascontiguousarray(_decode(merged), dtype=np.uint8)

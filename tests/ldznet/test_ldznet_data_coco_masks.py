@@ -1,10 +1,10 @@
-"""COCO RLE and polygon masks against hand-worked examples (pycocotools semantics, formats.md §12)."""
+"""COCO RLE and polygon masks (pycocotools, as refer's getMask) checked against hand-worked examples and a
+second, independent pixel-centre rasteriser (formats.md §12)."""
 
 import numpy as np
 import pytest
 
 from ldznet.data.coco_masks import (
-    counts_to_rle_string,
     decode_rle,
     encode_rle,
     mask_to_counts,
@@ -14,14 +14,22 @@ from ldznet.data.coco_masks import (
 )
 
 
+def _counts_to_mask(counts, height, width):
+    """Second method: expand column-major run lengths (zeros first) with numpy."""
+    values = (np.arange(len(counts)) % 2).astype(np.uint8)
+    return np.repeat(values, counts).reshape(width, height).T
+
+
 def test_compressed_string_hand_worked():
     # 5 -> '5'; 40 = 8 + 1*32 -> chars (8|0x20)+48 = 'X', 1+48 = '1'; 3 -> '3';
     # index 3 is stored as 38 - counts[1] = -2 -> 5-bit two's complement 30 -> chr(78) = 'N'.
-    assert counts_to_rle_string([5, 40, 3, 38]) == "5X13N"
+    mask = _counts_to_mask([5, 40, 3, 38], 2, 43)
+    assert encode_rle(mask) == {"size": [2, 43], "counts": "5X13N"}  # pycocotools' encoder
+    assert np.array_equal(decode_rle({"size": [2, 43], "counts": "5X13N"}), mask)  # and its decoder
     assert rle_string_to_counts("5X13N") == [5, 40, 3, 38]
     assert rle_string_to_counts(b"5X13N") == [5, 40, 3, 38]
     # 16 has bit 0x10 set, so it needs a continuation char: (16|0x20)+48 = '`', then '0'.
-    assert counts_to_rle_string([16]) == "`0"
+    assert encode_rle(np.zeros((4, 4), np.uint8))["counts"] == "`0"
     assert rle_string_to_counts("`0") == [16]
 
 
@@ -45,6 +53,9 @@ def test_rle_round_trip_random_masks():
             rle = encode_rle(mask, compressed=compressed)
             assert rle["size"] == [height, width]
             assert np.array_equal(decode_rle(rle), mask)
+        counts = mask_to_counts(mask)
+        assert np.array_equal(_counts_to_mask(counts, height, width), mask)
+        assert rle_string_to_counts(encode_rle(mask)["counts"]) == counts  # library encoder = our run lengths
 
 
 def test_rle_bad_counts_name_the_problem():
@@ -54,6 +65,9 @@ def test_rle_bad_counts_name_the_problem():
         decode_rle({"size": [2], "counts": [6]}, where="ann 7")
     with pytest.raises(ValueError, match="invalid character"):
         rle_string_to_counts("12 3")
+    # pycocotools alone would decode runs that fall short of H x W from uninitialised memory
+    with pytest.raises(ValueError, match="ann 8: RLE counts sum to 3 but size 2x3 needs 6"):
+        decode_rle({"size": [2, 3], "counts": "12"}, where="ann 8")
 
 
 def test_polygon_rectangle_is_half_open():
@@ -140,3 +154,35 @@ def test_random_polygons_agree_with_a_pixel_centre_test_away_from_the_outline():
         # pycocotools snaps vertices to a 1/5-pixel grid, so only pixels next to the outline may differ.
         assert distance[disagree].max(initial=0.0) < 0.25
         assert inside.sum() > 0 and disagree.sum() < inside.sum()
+
+
+def _refer_get_mask(segmentation, height, width):
+    """refer's getMask with pycocotools (research/ldznet.md §5): frPyObjects -> decode -> sum -> foreground."""
+    from pycocotools import mask as coco_mask
+
+    if isinstance(segmentation, list) or isinstance(segmentation["counts"], list):
+        rle = coco_mask.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    decoded = coco_mask.decode(rle)
+    return (decoded.reshape(height, width, -1).sum(axis=2) > 0).astype(np.uint8)
+
+
+def test_masks_are_pycocotools_masks_as_refer_draws_them(monkeypatch):
+    """Issue 12 item 5: RefCOCO masks come from pycocotools itself (not a re-implementation of it)."""
+    import ldznet.data.coco_masks as coco_masks
+
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        parts = [rng.uniform(-4, 40, 2 * int(rng.integers(3, 9))).tolist() for _ in range(int(rng.integers(1, 4)))]
+        assert np.array_equal(segmentation_to_mask(parts, 30, 36), _refer_get_mask(parts, 30, 36))
+        crowd = (rng.random((30, 36)) > 0.7).astype(np.uint8)
+        for compressed in (True, False):
+            rle = encode_rle(crowd, compressed=compressed)
+            assert np.array_equal(segmentation_to_mask(rle, 30, 36), _refer_get_mask(rle, 30, 36))
+    calls = []
+    decode = coco_masks.coco_mask.decode
+    monkeypatch.setattr(coco_masks.coco_mask, "decode", lambda rle: calls.append(rle) or decode(rle))
+    segmentation_to_mask([[1, 1, 6, 1, 6, 4, 1, 4]], 6, 8)
+    decode_rle({"size": [2, 3], "counts": [1, 2, 3]})
+    assert len(calls) == 2

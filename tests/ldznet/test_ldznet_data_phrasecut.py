@@ -105,14 +105,55 @@ def test_writer_produces_the_real_format(tmp_path):
     assert (root / "name_att_rel_count.json").is_file()
 
 
-def test_pil_polygon_rasteriser_is_closed():
-    # formats.md §1: PIL with outline covers the boundary: rect (1,1)-(6,4) in 8x6 -> 24 px.
+def test_polygon_rasteriser_is_closed_on_float_coordinates():
+    # Integer rectangle (1,1)-(6,4) in an 8x6 image: pixel centres on the boundary count -> 6 x 4 = 24 px.
     mask = xy_polygons_to_mask([_rect(1, 1, 6, 4)], 6, 8)
     expected = np.zeros((6, 8), np.uint8)
     expected[1:5, 1:7] = 1
     assert np.array_equal(mask, expected)
-    # Coordinates are truncated like the PhraseCut toolkit's int(): 1.9 -> 1.
+    # Float coordinates are kept (no int() truncation): centres with 1.9 <= x <= 6.7, 1.2 <= y <= 4.99 are
+    # columns 2..6 and rows 2..4 (PIL after int() would have drawn columns 1..6, rows 1..4).
+    expected = np.zeros((6, 8), np.uint8)
+    expected[2:5, 2:7] = 1
     assert np.array_equal(xy_polygons_to_mask([_rect(1.9, 1.2, 6.7, 4.99)], 6, 8), expected)
+
+
+def _pil_after_int_truncation(polygons, height, width):
+    """The former rasteriser (PhraseCut toolkit style): PIL, closed outline, coordinates truncated by int()."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("L", (width, height), 0)
+    for polygon in polygons:
+        ImageDraw.Draw(canvas).polygon([(int(x), int(y)) for x, y in polygon], fill=1, outline=1)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def test_polygons_are_drawn_as_the_protocol_does_with_skimage_polygon2mask():
+    """Issue 12 item 5: CLIPSeg / LD-ZNet draw each polygon with polygon2mask((H, W), poly[:, ::-1]) on float
+    coordinates and union them; small polygons differ visibly from PIL after int() truncation."""
+    from skimage.draw import polygon2mask
+
+    rng = np.random.default_rng(5)
+    ious = []
+    for _ in range(20):
+        polygons = []
+        for _ in range(int(rng.integers(1, 3))):  # one or two polygons per phrase
+            n = int(rng.integers(3, 8))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+            radii = rng.uniform(5, 15, n)
+            centre = rng.uniform(12, 28, 2)
+            polygons.append(np.stack([centre[0] + radii * np.cos(angles), centre[1] + radii * np.sin(angles)], 1))
+        mask = xy_polygons_to_mask([p.tolist() for p in polygons], 40, 44)
+        reference = np.zeros((40, 44), bool)
+        for polygon in polygons:
+            reference |= polygon2mask((40, 44), polygon[:, ::-1])
+        assert mask.dtype == np.uint8 and np.array_equal(mask, reference.astype(np.uint8))
+        old = _pil_after_int_truncation(polygons, 40, 44).astype(bool)
+        ious.append((old & reference).sum() / (old | reference).sum())
+    assert max(ious) < 1.0 and np.mean(ious) < 0.95  # the two rasterisers really differ at this size
+    # one small polygon: a triangle of radius ~5 px
+    triangle = [[10.7, 3.6], [15.9, 11.8], [5.4, 11.2]]
+    assert not np.array_equal(xy_polygons_to_mask([triangle], 16, 20), _pil_after_int_truncation([triangle], 16, 20))
 
 
 def test_eval_samples_full_image_raw_phrase(tmp_path):
