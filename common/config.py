@@ -17,6 +17,7 @@ installed package (here the split lists), so the defaults work from any working 
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib.util
 from collections.abc import Iterable, Sequence
@@ -143,8 +144,42 @@ def save_config(cfg: DictConfig, path: str | Path) -> None:
     write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def parse_cli(argv: Sequence[str]) -> tuple[Path, list[str]]:
-    """Split `[experiment=]PATH.yaml key=value ...` into the experiment path and the overrides."""
+OVERRIDES_HELP = """\
+overrides:
+  key=value       set a config key (dotted path, e.g. trainer.max_steps=200); a key that the composed config
+                  does not have is an error listing the valid keys
+  +key=value      add a new key on purpose
+  experiment=PATH another way to name the experiment file
+"""
+
+
+def cli_parser(prog: str | None = None, description: str | None = None, default: str | Path | None = None
+               ) -> argparse.ArgumentParser:
+    """The argparse parser of a `python -m <command> [EXPERIMENT.yaml] [key=value ...]` command (for --help)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=OVERRIDES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = f" (default: {default})" if default is not None else ""
+    parser.add_argument("experiment", metavar="EXPERIMENT.yaml", nargs="?" if default is not None else None,
+                        help=f"experiment config; its `defaults:` list is composed first{where}")
+    parser.add_argument("overrides", metavar="key=value", nargs="*", help="config overrides (below)")
+    return parser
+
+
+def parse_cli(argv: Sequence[str], prog: str | None = None, description: str | None = None,
+              default: str | Path | None = None) -> tuple[Path, list[str]]:
+    """Split `[experiment=]PATH.yaml key=value ...` into the experiment path and the overrides.
+
+    `-h`/`--help` prints the command's help and exits 0; an unknown option or a missing experiment file (when
+    there is no `default`) prints the usage and exits 2, as argparse does.
+    """
+    argv = list(argv)
+    parser = cli_parser(prog, description, default)
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    options = [arg for arg in argv if arg.startswith("-")]
+    if options:
+        parser.error(f"unrecognized arguments: {' '.join(options)} (overrides are key=value)")
     experiment, overrides = None, []
     for arg in argv:
         if experiment is None and arg.startswith("experiment="):
@@ -154,5 +189,7 @@ def parse_cli(argv: Sequence[str]) -> tuple[Path, list[str]]:
         else:
             overrides.append(arg)
     if experiment is None:
-        raise SystemExit("usage: python -m <module> EXPERIMENT.yaml [key=value ...] (no experiment file given)")
+        if default is None:
+            parser.error("no experiment file given")
+        experiment = default
     return Path(experiment), overrides

@@ -21,7 +21,8 @@ from demo.stages import StageRunner
 
 
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0],
+                                     epilog="Further arguments key=value override keys of the demo config.")
     parser.add_argument("--quick", action="store_true", help="smoke-test size (experiments/demo/quick.yaml)")
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds per chapter stage")
@@ -29,7 +30,11 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--only", nargs="+", default=(), metavar="STAGE", help="run only these stages")
     parser.add_argument("--config", default=None, help="demo config (default experiments/demo/demo.yaml)")
     parser.add_argument("--list", action="store_true", help="list the stages and exit")
-    return parser.parse_known_args(argv)
+    args, overrides = parser.parse_known_args(argv)
+    unknown = [item for item in overrides if item.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides are key=value)")
+    return args, overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:

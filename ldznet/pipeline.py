@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from common.checkpoints import write_json
-from common.config import EXPERIMENTS_ROOT, load_config, save_config
+from common.config import EXPERIMENTS_ROOT, load_config, parse_cli, save_config
 from common.runs import environment_record
 from ldznet.checkpoints import load_segmenter
 from ldznet.data import build_dataset
@@ -144,10 +144,10 @@ def run_pipeline(cfg: DictConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config = argv.pop(0) if argv and argv[0].endswith((".yaml", ".yml")) else DEFAULT_CONFIG
+    config, overrides = parse_cli(sys.argv[1:] if argv is None else argv, prog="python -m ldznet.pipeline",
+                                  description=__doc__, default=DEFAULT_CONFIG)
     try:
-        summary = run_pipeline(load_config(config, argv))
+        summary = run_pipeline(load_config(config, overrides))
     except RuntimeError as error:
         if "cannot start" not in str(error):
             raise

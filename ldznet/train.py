@@ -134,7 +134,8 @@ def train(cfg: DictConfig, components=None, root: str | Path = "runs") -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    experiment, overrides = parse_cli(sys.argv[1:] if argv is None else argv)
+    experiment, overrides = parse_cli(sys.argv[1:] if argv is None else argv, prog="python -m ldznet.train",
+                                      description=__doc__)
     cfg = load_config(experiment, overrides)
     try:
         run_dir = train(cfg)

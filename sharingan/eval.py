@@ -34,7 +34,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, cfg: DictCo
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sharingan.eval", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="networks checkpoint (checkpoints/networks_*.pt)")
     parser.add_argument("--out", default=None, help="output folder (default: a new run folder under --root)")
     parser.add_argument("--task", default=None, help="refuse a checkpoint of another task")

@@ -147,7 +147,7 @@ def run_pipeline(task_name: str, config: str | Path | None = None, overrides: Se
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sharingan.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="depth or normals")
     parser.add_argument("--config", default=None, help="pipeline YAML (default: the task's PIPELINE_CONFIG)")
     parser.add_argument("--root", default=None, help="folder for all run folders (default: pipeline.root)")

@@ -15,7 +15,7 @@ from sharingan.tasks import load_task
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sharingan.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--input", required=True, help="an image or a folder of images")
     parser.add_argument("--out", required=True)

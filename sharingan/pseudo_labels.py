@@ -86,7 +86,7 @@ def label_from_checkpoint(checkpoint: str | Path, celeba_root: str | Path, out_d
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m sharingan.pseudo_labels", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="face networks checkpoint (SfSNet pretrained)")
     parser.add_argument("--input", required=True, help="CelebA root (img_align_celeba/, list_eval_partition.txt)")

@@ -20,7 +20,7 @@ def parameter_count(module: nn.Module) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, int]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sharingan.summary", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True)
     parser.add_argument("--config", default=None, help="experiment YAML (default: the task's pipeline config)")
     args, overrides = parser.parse_known_args(argv)

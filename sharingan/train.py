@@ -175,7 +175,7 @@ def run_or_resume(cfg: DictConfig, stage: str, root: str | Path = "runs") -> dic
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sharingan.train", description=__doc__.splitlines()[0])
     parser.add_argument("experiment", help="experiment YAML, e.g. experiments/chapter2/depth_sharingan.yaml")
     parser.add_argument("--stage", choices=STAGES, default="train")
     parser.add_argument("--root", default="runs", help="folder that receives the run folders")

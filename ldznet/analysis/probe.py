@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.checkpoints import atomic_write, write_json
-from common.config import EXPERIMENTS_ROOT, load_config, save_config
+from common.config import EXPERIMENTS_ROOT, load_config, parse_cli, save_config
 from common.metrics.segmentation import ThresholdSweepMetrics
 from common.results import write_results_table
 from common.runs import environment_record, seed_everything
@@ -237,9 +237,9 @@ def run_probe(cfg: DictConfig) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config = argv.pop(0) if argv and argv[0].endswith((".yaml", ".yml")) else DEFAULT_CONFIG
-    result = run_probe(load_config(config, argv))
+    config, overrides = parse_cli(sys.argv[1:] if argv is None else argv, prog="python -m ldznet.analysis.probe",
+                                  description=__doc__, default=DEFAULT_CONFIG)
+    result = run_probe(load_config(config, overrides))
     best = result["best"]
     print(f"best: block {best['block']} at t = {best['timestep']} (AP {best['ap']:.1f})")
     return 0
