@@ -41,15 +41,15 @@ demo: $(STAMP) ## the main job: the dissertation in miniature on generated world
 demo-quick: $(STAMP) ## a few-minute version of the miniature for smoke checks
 	$(PY) -m demo --quick $(ARGS)
 
-chapter2-depth: $(STAMP) ## SharinGAN depth, end to end on real data (ARGS="data.vkitti_root=... data.kitti_root=...")
+chapter2-depth: $(STAMP) ## SharinGAN depth, end to end on real data (ARGS="data.vkitti.root=... data.kitti.root=...")
 	$(PY) -m sharingan.pipeline --task depth $(ARGS)
 
-chapter2-normals: $(STAMP) ## SharinGAN face normals, end to end on real data (ARGS="data.... ")
+chapter2-normals: $(STAMP) ## SharinGAN face normals, end to end on real data (ARGS="data.synthetic_root=... data.celeba_root=... data.photoface_root=...")
 	$(PY) -m sharingan.pipeline --task normals $(ARGS)
 
 chapter2: chapter2-depth chapter2-normals ## both Chapter 2 experiments
 
-chapter3: $(STAMP) ## LD-ZNet, ZNet, RGBNet end to end with real SD weights and data (ARGS="...")
+chapter3: $(STAMP) ## LD-ZNet, ZNet, RGBNet end to end with real SD weights and data (ARGS="model.stable_diffusion.path=...")
 	$(PY) -m ldznet.pipeline $(ARGS)
 
 bench: $(STAMP) ## speed and memory of every method, side by side (benchmarks/results/)

@@ -1,4 +1,4 @@
-"""Config composition, overrides, instantiation and run folders."""
+"""Config composition, overrides and run folders."""
 
 import json
 
@@ -7,7 +7,6 @@ import torch
 from omegaconf import OmegaConf
 
 from common.config import ConfigKeyError, load_config, parse_cli
-from common.instantiate import instantiate
 from common.runs import start_run, write_metrics
 
 
@@ -56,20 +55,6 @@ def test_parse_cli():
     assert parse_cli(["a=1", "experiment=y.yaml"])[0].name == "y.yaml"
     with pytest.raises(SystemExit):
         parse_cli(["a=1"])
-
-
-def test_instantiate_target_partial_and_nested():
-    layer = instantiate({"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2})
-    assert isinstance(layer, torch.nn.Linear) and layer.weight.shape == (2, 3)
-    make_optimizer = instantiate(OmegaConf.create({"_target_": "torch.optim.SGD", "lr": 0.5, "_partial_": True}))
-    optimizer = make_optimizer(layer.parameters())
-    assert optimizer.defaults["lr"] == 0.5
-    sequential = instantiate({"_target_": "torch.nn.Sequential"}, )
-    assert isinstance(sequential, torch.nn.Sequential)
-    nested = instantiate({"_target_": "builtins.dict", "inner": {"_target_": "torch.nn.ReLU"}})
-    assert isinstance(nested["inner"], torch.nn.ReLU)
-    with pytest.raises(ImportError, match="no_such"):
-        instantiate({"_target_": "torch.nn.no_such"})
 
 
 def test_start_run_layout(configs, tmp_path):
