@@ -11,6 +11,8 @@ Each row file (e.g. experiments/chapter2/depth_sharingan.yaml) is applied as a d
 config (its own `defaults` are not re-read), then the command-line overrides again, so `depth_tiny.yaml` and
 data-root overrides reach every row. `pipeline.seeds` (default [seed]) trains every trained row once per
 seed; with several seeds the tables show mean ± std (the pretraining stages run once).
+`init.official=FILE` (the authors' released weights, `sharingan.official`) replaces every training stage: the
+file is imported, evaluated and written into the tables beside the paper's numbers.
 `resume=last` continues an interrupted pipeline: every training stage reuses its newest finished run, resumes
 its newest `last.ckpt` exactly, or starts afresh (`sharingan.train.run_or_resume`).
 Outputs: `<root>/chapter2/<experiment>/...` run folders and
@@ -76,6 +78,9 @@ def run_pipeline(task_name: str, config: str | Path | None = None, overrides: Se
     summary: dict = {"task": task_name, "config": str(config_path), "overrides": list(overrides), "stages": stages,
                      "rows": {}}
 
+    if OmegaConf.select(cfg, "init.official", default=None):
+        return run_official(task, cfg, stages, out_dir, summary)
+
     if "verify" in stages:
         summary["data"] = task.verify_data(cfg, stages)
         print(f"[verify] data found: {summary['data']}")
@@ -137,6 +142,43 @@ def run_pipeline(task_name: str, config: str | Path | None = None, overrides: Se
         summary["rows"][name] = entry
         write_json(out_dir / "summary.json", summary)
 
+    if "tables" in stages and results:
+        tables = task.write_tables(cfg, results, out_dir / "tables")
+        summary["tables"] = [str(p) for p in tables]
+        print("[tables] " + ", ".join(str(p) for p in tables))
+    write_json(out_dir / "summary.json", summary)
+    print(f"pipeline summary: {out_dir / 'summary.json'}")
+    return {"out_dir": out_dir, **summary}
+
+
+def run_official(task, cfg: DictConfig, stages: Sequence[str], out_dir: Path, summary: dict) -> dict:
+    """`init.official=FILE`: the authors' released weights instead of training (`sharingan.official`).
+
+    No pretraining or training; the file is imported into `<out_dir>/official/networks.pt`, evaluated on the
+    task's benchmarks and written into the tables beside the paper's numbers (row "... authors' weights").
+    """
+    from sharingan.official import describe, import_official
+
+    official = str(cfg.init.official)
+    summary["official"] = official
+    summary["skipped_stages"] = [s for s in stages if s in ("pretrain_generator", "pretrain_task", "train")]
+    if "verify" in stages:
+        summary["data"] = task.verify_data(cfg, [s for s in stages if s == "evaluate"])
+        print(f"[verify] data found: {summary['data']}")
+    checkpoint, report = import_official(official, task.NAME, out_dir / "official" / "networks.pt", cfg)
+    print(describe(report))
+    if "task_network" not in report["networks"]:
+        raise ValueError(f"init.official={official} holds no task network (networks: {sorted(report['networks'])}); "
+                         "a pretrained generator is used with `python -m sharingan.import_official` and "
+                         "init.generator=<its output>")
+    name = report["row_name"]
+    entry: dict = {"experiment": f"{task.NAME}_official", "official": official, "checkpoint": str(checkpoint)}
+    results = {}
+    if "evaluate" in stages:
+        eval_dir = out_dir / "eval" / f"{task.NAME}_official"
+        results[name] = evaluate_checkpoint(checkpoint, eval_dir, task=task.NAME)
+        entry["metrics"] = str(eval_dir / "metrics.json")
+    summary["rows"][name] = entry
     if "tables" in stages and results:
         tables = task.write_tables(cfg, results, out_dir / "tables")
         summary["tables"] = [str(p) for p in tables]
