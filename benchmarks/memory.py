@@ -1,4 +1,4 @@
-"""Peak memory of one LD-ZNet training step (dissertation §3.3 training; research ldznet.md §1.4, §8).
+"""Peak memory of one LD-ZNet training step (dissertation §3.3 training; docs/ref-ldznet.md §1.4, §8).
 
 One step = what `ldznet.lit_module.SegmenterLitModule` does per batch: frozen CLIP text + VAE + frozen LDM
 features, ZNet forward with the injected LDM cross-attention, BCE-with-logits loss, backward, AdamW step and

@@ -1,7 +1,7 @@
 """Save and load trained Chapter 3 segmenters (RGBNet, ZNet, LD-ZNet, LD-ZNet-concat).
 
 A segmenter file holds only what training changed: the trainable weights, their EMA copy (used for
-evaluation, research ldznet.md §3.1), the model options (variant, sizes, LDM blocks and timesteps), the task
+evaluation, docs/ref-ldznet.md §3.1), the model options (variant, sizes, LDM blocks and timesteps), the task
 it was trained for and the Stable Diffusion path + sha256 it was built on. The frozen parts (VAE, CLIP, the
 frozen LDM UNet) are loaded again from that SD path, so a file stays ~3.7 GB instead of ~8 GB for LD-ZNet.
 Files are written atomically (common.checkpoints) and read with `weights_only=True`.

@@ -1,6 +1,6 @@
 """Evaluate a text-prompted segmenter on PhraseCut, AIGI or the RefCOCO family (dissertation §3.4).
 
-Protocol (CLIPSeg's, research/ldznet.md §3.3): per sample, sigmoid of the logits, bilinear resize to the
+Protocol (CLIPSeg's, docs/protocols.md §5): per sample, sigmoid of the logits, bilinear resize to the
 ground-truth size when they differ, then :class:`common.metrics.segmentation.ThresholdSweepMetrics`
 (49 thresholds 0.02..0.98): mIoU, IoU_FG and AP, each IoU both at its best threshold and at t = 0.3.
 
@@ -139,7 +139,7 @@ def write_comparison_tables(
         rows = [row for method, metrics in results.items() for row in our_rows(method, metrics, column_keys)]
         notes = (
             f"Source: {table.source}. Paper rows: values as printed (threshold column: how the paper's IoUs "
-            "were thresholded, research/ldznet.md §3.3). Ours: 'best' = each IoU at its best threshold "
+            "were thresholded, docs/protocols.md §5). Ours: 'best' = each IoU at its best threshold "
             "of the 0.02..0.98 sweep, '0.3' = at t = 0.3; AP is threshold-free."
         )
         paper_split = table.get("split")

@@ -1,4 +1,4 @@
-"""Lightning training of the Chapter 3 segmenters (dissertation §3.3; research ldznet.md §3.1).
+"""Lightning training of the Chapter 3 segmenters (dissertation §3.3; docs/ref-ldznet.md §3.1).
 
 - Loss: binary cross-entropy with logits over all pixels at the input resolution.
 - Optimiser: AdamW (the released code; the dissertation says Adam: `optim.optimizer: adam`) with

@@ -30,7 +30,7 @@ Key mapping (CompVis name -> ours), one rule per part, checked to be a bijection
     attentionpool2D.positional_embedding (C, T)               attention_pools.<n>.positional_embedding (T, C)
     attentionpool2D.qkv_proj / c_proj (Conv1d, k=1)           attention_pools.<n>.qkv / out_projection (Linear)
 
-Conventions of the official forward pass and where ours differs (research ldznet.md §1-2, docs/chapter3-models.md):
+Conventions of the official forward pass and where ours differs (docs/ref-ldznet.md §1-2, docs/chapter3-models.md):
 - Same: ZNet's UNet at timestep 0 on the un-noised latent; z = 0.18215 x a posterior sample; the frozen LDM
   conditioned on the same CLIP text states; features after spatial-attention modules 6-10; the attention pool
   (mean token + positional embedding, bicubic resize at other sizes, QKVAttention with the q/k/v split before

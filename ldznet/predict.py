@@ -3,7 +3,7 @@
     python -m ldznet.predict --checkpoint runs/chapter3/ldznet/<run>/segmenter.pt \
         --image photo.jpg|folder/ --prompt "hanging clock" [--prompt "castle"] --out predictions/
 
-Non-square images are handled as the official LD-ZNet demos do (research ldznet.md §5): resized with PIL
+Non-square images are handled as the official LD-ZNet demos do (docs/ref-ldznet.md §5): resized with PIL
 LANCZOS, aspect ratio kept, area about image_size^2 (384^2), both sides floored to a multiple of 64. The
 prediction is resized back to the original size. Writes `<image>__<prompt>_mask.png` (0/255 at
 `--threshold`), `<image>__<prompt>_probability.png` (sigmoid x 255) and `<image>__<prompt>_overlay.png`.

@@ -7,7 +7,7 @@ Two on-disk forms are accepted, the path coming from the config (`model.stable_d
   diffusers' own key converters; it carries no tokenizer, so `tokenizer_path` must name a folder with the CLIP
   `vocab.json` + `merges.txt` (e.g. the `tokenizer/` of a diffusers SD folder).
 
-The scheduler is always SD's (scaled_linear betas 0.00085-0.012 over 1000 steps; research ldznet.md §2.3): it
+The scheduler is always SD's (scaled_linear betas 0.00085-0.012 over 1000 steps; docs/ref-ldznet.md §2.3): it
 only defines the forward noising q(z_t | z) used for the LDM features and the Fig 3.1 coarse masks.
 The sha256 of every file read is recorded in `components.record`. Random components of any architecture
 (tiny for tests, SD size on the meta device for parameter counts) are built by the same code.
@@ -30,7 +30,7 @@ from common.checkpoints import sha256_of_file, write_json
 
 log = logging.getLogger(__name__)
 
-# SD v1.x (research ldznet.md §8): the diffusers defaults differ in cross_attention_dim and sample_size.
+# SD v1.x (docs/ref-ldznet.md §8): the diffusers defaults differ in cross_attention_dim and sample_size.
 SD_UNET_CONFIG = {
     "sample_size": 64,
     "in_channels": 4,

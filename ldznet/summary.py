@@ -2,7 +2,7 @@
 
 The model is built on PyTorch's meta device (no memory, no weights), so the SD-size counts are instant.
 One `part.trainable: count` / `part.frozen: count` line per part, then `trainable: N` and `frozen: N`.
-Reference (research ldznet.md §2.7): the frozen SD UNet has 859.52 M parameters; LD-ZNet has 925.88 M
+Reference (docs/ref-ldznet.md §2.7): the frozen SD UNet has 859.52 M parameters; LD-ZNet has 925.88 M
 trainable ones (the dissertation's "925M trainable parameters").
 """
 

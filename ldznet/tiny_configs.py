@@ -1,6 +1,6 @@
 """Tiny Stable Diffusion configs with SD v1's topology, and a writer for a tiny random SD on disk.
 
-The tiny UNet keeps what LD-ZNet depends on (research ldznet.md §8): 4 resolution levels, 2 layers per
+The tiny UNet keeps what LD-ZNet depends on (docs/ref-ldznet.md §8): 4 resolution levels, 2 layers per
 block, cross-attention in levels 0-2 and the middle, so there are the same 16 spatial-attention modules
 with the same diffusers names as SD v1 (§2.1). Channels are small so the whole chain (train a few steps,
 evaluate, probe) runs in seconds on a CPU. A tiny VAE (x8 downsampling, 4 latent channels) and a tiny

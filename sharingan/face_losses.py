@@ -1,6 +1,6 @@
 """SfS supervision (dissertation Eq. 2.9) and the face overall loss (Eq. 2.10 with alpha = (1, 10, 0.1)).
 
-As in the official `sfs_loss.py` and SfSNet's Caffe prototxt (research sharingan.md §2.5):
+As in the official `sfs_loss.py` and SfSNet's Caffe prototxt (docs/ref-sharingan.md §2.5):
     L_sfs = 0.5 L1(normal * m) + 0.5 L1(albedo * m) + 0.1 L2(lighting) + 0.5 L1(shading * albedo * m, image * m)
 where L1 = sum |a - b| / B (summed over pixels and channels, averaged over the batch), L2 = sum (a - b)^2 / (2B),
 normals are compared in their [0, 1] storage encoding, and the reconstruction is compared with the ORIGINAL

@@ -1,4 +1,4 @@
-"""SharinGAN end-to-end training (dissertation §2.2, eq. 2.10; official schedule in research sharingan.md §5).
+"""SharinGAN end-to-end training (dissertation §2.2, eq. 2.10; official schedule in docs/ref-sharingan.md §5).
 
 One LightningModule for every task (the task's networks, data and L_T come from `sharingan.tasks.<task>`).
 Manual optimisation, three optimisers. One training iteration =

@@ -1,4 +1,4 @@
-"""SharinGAN losses (dissertation §2.2.2, eqs. 2.1-2.10; official values in research sharingan.md §2).
+"""SharinGAN losses (dissertation §2.2.2, eqs. 2.1-2.10; official values in docs/ref-sharingan.md §2).
 
 Shared by every task (the face task adds its SfS terms in `sharingan/face_losses.py`):
     wasserstein_distance (2.1), gradient_penalty (2.2), critic_loss and generator_adversarial_loss (2.3),

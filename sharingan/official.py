@@ -42,7 +42,7 @@ input sizes 192x640 and 128x128):
 - Our T pads with replicate instead of reflect only where a map is smaller than the padding (never at
   192x640: the smallest map is 12x40).
 - SfSNet's x2 bilinear upsampling: ours uses `align_corners=False`; that the official PyTorch port does the
-  same is not verified here (research notes say only "bilinear x2"). If it used `nn.UpsamplingBilinear2d`
+  same is not verified here (the sources say only "bilinear x2"). If it used `nn.UpsamplingBilinear2d`
   (`align_corners=True`), normals and albedo would differ slightly near the borders of each 2x2 cell.
 Input/output conventions (checked by the tests): depth G and T take images in [-1, 1] and T's last output is
 the full-resolution tanh map, depth = (y + 1) / 2 · 80 m (`sharingan.losses.depth_from_network`); faces take

@@ -1,4 +1,4 @@
-"""The two SharinGAN pretraining stages (dissertation §2.3.1.2; research sharingan.md §5.1).
+"""The two SharinGAN pretraining stages (dissertation §2.3.1.2; docs/ref-sharingan.md §5.1).
 
 Stage 1, `GeneratorPretraining`: G as a plain autoencoder on both domains, L_r = MSE(G(x_s), x_s) +
 MSE(G(x_r), x_r) (eq. 2.4); it starts the end-to-end stage near the identity mapping.

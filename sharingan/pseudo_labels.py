@@ -1,6 +1,6 @@
 """Pseudo-labels for real faces: the synthetically pretrained SfSNet run over CelebA (dissertation §2.2.2.4:
 "the supervision for real images is from the pseudo labels, obtained by applying a pre-trained task network
-on real images"; the official code never released this step, research sharingan.md §3.4).
+on real images"; the official code never released this step, docs/ref-sharingan.md §3.4).
 
     python -m sharingan.pseudo_labels --checkpoint runs/.../networks_last.pt --input CELEBA_ROOT --out DIR
 

@@ -1,4 +1,4 @@
-"""Monocular depth errors (Tables 2.1, 2.2, 2.5, 2.6), protocol of SharinGAN/T2Net (research sharingan.md §4.1).
+"""Monocular depth errors (Tables 2.1, 2.2, 2.5, 2.6), protocol of SharinGAN/T2Net (docs/protocols.md §1).
 
 KITTI Eigen: valid pixels are `min_depth < gt < max_depth` (min 1 m; cap 80 m or 50 m), inside the Garg crop;
 the prediction is clamped to [min_depth, max_depth]; **no median scaling** (the metric scale comes from the

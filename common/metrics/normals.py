@@ -1,4 +1,4 @@
-"""Surface-normal errors (Table 2.3), Photoface protocol of SharinGAN (research sharingan.md §4.2).
+"""Surface-normal errors (Table 2.3), Photoface protocol of SharinGAN (docs/protocols.md §3).
 
 Per pixel, the angular error is acos(clamp(<n_pred, n_gt>, -1, 1)) in degrees, both normals re-normalised.
 Over a dataset (`PhotofaceAggregator`): MAE is the mean over batches of each batch's masked-pixel mean (as

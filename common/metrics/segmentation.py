@@ -1,4 +1,4 @@
-"""Text-based segmentation metrics (Tables 3.1-3.4), CLIPSeg's fixed-interval protocol (research ldznet.md §3.3).
+"""Text-based segmentation metrics (Tables 3.1-3.4), CLIPSeg's fixed-interval protocol (docs/protocols.md §5).
 
 One sweep over 49 thresholds t in {0.02, 0.04, ..., 0.98} (`numpy.linspace(0, 1, 51)[1:-1]`), a pixel being
 foreground when its probability is strictly greater than t. For each threshold:

@@ -6,7 +6,7 @@ a skin tone with eyes, brows, lips and blotches, and the light is a 27-d second-
 ([R0..8 | G0..8 | B0..8], SfSNet's order).
 
 - ``synthetic`` = SfSNet's synthetic data: the exact Lambertian SH render shading(n, L) * albedo, with every
-  label (normal, albedo, mask, light). Same shading formula as SfSNet (research/sharingan.md §1.6).
+  label (normal, albedo, mask, light). Same shading formula as SfSNet (docs/ref-sharingan.md §1.6).
 - ``real`` = what the synthetic renderer cannot do: specular highlights, cast shadows (the nose and brows
   shadow the face), hair, a textured background, camera noise and colour cast. Written in the CelebA layout
   (no labels), the Photoface layout (four fixed lights per session; normals + mask for testing) and the
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from demo.worlds.noise import gaussian_blur, sensor, to_uint8, value_noise
 
-# SH shading constants (SfSNet Shading_Layer; research/sharingan.md §1.6)
+# SH shading constants (SfSNet Shading_Layer; docs/ref-sharingan.md §1.6)
 _ATT = np.pi * np.array([1.0, 2.0 / 3.0, 0.25])
 _C1 = _ATT[0] / np.sqrt(4 * np.pi)
 _C2 = _ATT[1] * np.sqrt(3 / (4 * np.pi))

@@ -31,7 +31,7 @@ from demo.worlds.noise import box_downsample, sensor, to_uint8, value_noise
 from demo.worlds.raycast import camera_rays, raycast
 
 SKY = np.inf
-# KITTI-like stereo rig (research/formats.md §2): camera 2 slightly left of camera 0, camera 3 ~0.54 m right.
+# KITTI-like stereo rig (docs/formats.md §2): camera 2 slightly left of camera 0, camera 3 ~0.54 m right.
 CAM2_X, CAM3_X = -0.06, 0.4732
 # Velodyne -> camera: x forward -> z, y left -> -x, z up -> -y; the laser sits 8 cm above, 27 cm behind.
 VELO_R = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])

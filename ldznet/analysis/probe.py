@@ -5,7 +5,7 @@ For every spatial-attention block b in 1..16 (numbering in `ldznet.models.ldm_fe
 UNet runs once on z_t of a small PhraseCut subset; a small decoder (conv 3x3 -> GroupNorm -> SiLU -> conv 1x1,
 logits upsampled bilinearly) is trained on the features of (b, t) and scored by AP (CLIPSeg protocol,
 common.metrics.segmentation) on a small validation subset. The dissertation gives neither the decoder nor the
-subset sizes: these are our choices (research ldznet.md §4), set in experiments/chapter3/probe.yaml.
+subset sizes: these are our choices (docs/protocols.md §6), set in experiments/chapter3/probe.yaml.
 
 Features are cached in one HDF5 file per split (`<out>/features_<split>.h5`, float16, datasets
 `t<t>/block<b>` of shape (N, C, h, w) and `masks`), reused when the settings match, so decoders can be

@@ -1,7 +1,7 @@
 """AIGI: AI-generated images with text prompts and masks, dissertation §3.4.2 and Table 3.2.
 
 The dataset (100 lexica.art images, 214 prompts) is published only as a Drive folder whose layout is not
-documented (research/ldznet.md §5), so this module defines a layout of its own (our choice) and a converter.
+documented (docs/ref-ldznet.md §5), so this module defines a layout of its own (our choice) and a converter.
 
 Layout read by :class:`AIGIDataset` (``root``)::
 

@@ -1,6 +1,6 @@
 """COCO-style masks of RefCOCO, RefCOCO+ and G-Ref (dissertation §3.4.3) through pycocotools, as refer does.
 
-refer's ``getMask`` (research/ldznet.md §5) turns an annotation's ``segmentation`` into a mask with
+refer's ``getMask`` (docs/ref-ldznet.md §5) turns an annotation's ``segmentation`` into a mask with
 ``pycocotools.mask``: polygons (a list of flat ``[x1, y1, x2, y2, ...]`` lists) and uncompressed RLEs
 (``{"size": [H, W], "counts": [ints]}``, ``iscrowd: 1``) go through ``frPyObjects``, compressed RLEs
 (``"counts": str``) are used as they are, then ``decode`` and the parts are summed. Here the parts are

@@ -1,6 +1,6 @@
 """PhraseCut (VGPhraseCut_v0) for text-based segmentation, dissertation §3.3 and Table 3.1.
 
-On-disk layout (research/formats.md §10), ``root`` = the ``VGPhraseCut_v0`` folder::
+On-disk layout (docs/formats.md §10), ``root`` = the ``VGPhraseCut_v0`` folder::
 
     root/refer_{train,val,test,miniv}.json   list of tasks: task_id, image_id, ann_ids, instance_boxes,
                                              Polygons (instances -> polygons -> [x, y] pairs), phrase, ...
@@ -12,7 +12,7 @@ One sample per task (image, phrase). The mask is the union of all polygons of al
 - Training (``crop=True, prompt_mode="random"``): the square crop of §3.3 (side min(H, W), keeping the
   object partly visible), resized to ``image_size``; the phrase goes through one of the 9 CLIPSeg prompt
   templates drawn at random; no negative samples.
-- Evaluation (``crop=False``): the CLIPSeg protocol (research/ldznet.md §3.3): the full image squashed to
+- Evaluation (``crop=False``): the CLIPSeg protocol (docs/protocols.md §5): the full image squashed to
   ``image_size`` x ``image_size``, with the raw phrase (``prompt_mode="raw"``) or one fixed template
   (``prompt_mode="template"``, default ``"a photo of a {}."``).
 """
@@ -37,7 +37,7 @@ from ldznet.data.transforms import (
     xy_polygons_to_mask,
 )
 
-# The "shuffle+" prompt list of CLIPSeg that LD-ZNet samples from (research/ldznet.md §1.3).
+# The "shuffle+" prompt list of CLIPSeg that LD-ZNet samples from (docs/ref-ldznet.md §1.3).
 PROMPT_TEMPLATES = (
     "a photo of a {}.",
     "a photograph of a {}.",

@@ -1,6 +1,6 @@
 """RefCOCO, RefCOCO+ and G-Ref (refer API files) for zero-shot evaluation, dissertation §3.4.3, Table 3.3.
 
-On-disk layout (research/formats.md §11), ``root`` = the refer ``data`` folder::
+On-disk layout (docs/formats.md §11), ``root`` = the refer ``data`` folder::
 
     root/refcoco/{instances.json, refs(unc).p}      root/refcoco+/{instances.json, refs(unc).p}
     root/refcocog/{instances.json, refs(umd).p}     root/images/mscoco/images/train2014/COCO_train2014_*.jpg

@@ -1,6 +1,6 @@
 """A restricted unpickler for the RefCOCO ``refs(<partition>).p`` files.
 
-The refer annotations are Python-2 cPickles (research/formats.md §11): a list of dicts of ints, strings and
+The refer annotations are Python-2 cPickles (docs/formats.md §11): a list of dicts of ints, strings and
 lists. A pickle can name any importable callable and call it while loading (``os.system`` included), so the
 files are read with an unpickler that refuses every global except the two plain container types ``set``
 and ``frozenset``. Anything that needs another global (an object, a function call, ``bytes`` written by

@@ -1,6 +1,6 @@
 """Image/mask helpers shared by the Chapter-3 datasets: reading, the square crop, resizing to the model size.
 
-Conventions (research/ldznet.md §1.1, §3.2): images are RGB float tensors (3, H, W) in [-1, 1]
+Conventions (docs/ref-ldznet.md §1.1, §3.2): images are RGB float tensors (3, H, W) in [-1, 1]
 (``2 * x / 255 - 1``), resized bilinearly (``align_corners=True`` as in the CLIPSeg/LD-ZNet loaders);
 masks are float tensors (1, H, W) in {0, 1}, resized with nearest neighbour.
 """
@@ -80,7 +80,7 @@ def xy_polygons_to_mask(polygons, height: int, width: int, where: str = "polygon
     """Union of PhraseCut polygons (each a list of [x, y] pairs) as the evaluation protocol draws them.
 
     CLIPSeg's PhraseCut loader, which LD-ZNet's code and the protocol of Tables 3.1-3.4 follow
-    (research/ldznet.md §3.2), rasterises every polygon with ``skimage.draw.polygon2mask((H, W), poly[:, ::-1])``
+    (docs/ref-ldznet.md §3.2), rasterises every polygon with ``skimage.draw.polygon2mask((H, W), poly[:, ::-1])``
     on the float coordinates (row = y, column = x; pixel centres on integer coordinates, boundary included)
     and unions all polygons of all instances. Not PIL after ``int()`` truncation: for polygons of radius
     5-15 px the two disagree at IoU ~0.83.
@@ -106,7 +106,7 @@ def random_square_crop(
 
     Up to ``iterations`` random square windows are drawn; the first one holding more than
     ``min_frac * H * W`` mask pixels wins, otherwise the window with the most mask pixels (CLIPSeg's
-    ``find_crop`` rule, research/ldznet.md §3.2). Random numbers come from torch (seeded per worker).
+    ``find_crop`` rule, docs/ref-ldznet.md §3.2). Random numbers come from torch (seeded per worker).
     """
     height, width = mask.shape[:2]
     side = min(height, width)

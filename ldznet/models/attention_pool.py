@@ -1,6 +1,6 @@
 """The attention pool that turns an LDM feature map into tokens for LD-ZNet's cross-attention (§3.2.2).
 
-Adapted from CLIP's attention pooling (research ldznet.md §2.4): the map (B, C, h, w) becomes h*w tokens,
+Adapted from CLIP's attention pooling (docs/ref-ldznet.md §2.4): the map (B, C, h, w) becomes h*w tokens,
 the spatial mean is prepended as an extra token, a learned positional embedding is added, and multi-head
 self-attention runs over all h*w + 1 tokens followed by an output projection. Unlike CLIP, all h*w + 1 tokens
 are returned (B, h*w + 1, C): they are the keys/values of the extra cross-attention in ZNet. The dissertation:

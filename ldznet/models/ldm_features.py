@@ -1,7 +1,7 @@
 """Internal features of the frozen LDM: outputs of its spatial-attention modules (dissertation §3.2.2, Fig 3.4).
 
 SD v1's UNet has 16 spatial-attention (Transformer2DModel) modules; numbered 1-16 in forward order they are
-(research ldznet.md §2.1):
+(docs/ref-ldznet.md §2.1):
 
     1-2   down_blocks.0.attentions.0/1     C0, latent/1      11-13 up_blocks.2.attentions.0/1/2  C1, latent/2
     3-4   down_blocks.1.attentions.0/1     C1, latent/2      14-16 up_blocks.3.attentions.0/1/2  C0, latent/1

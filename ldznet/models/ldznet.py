@@ -1,6 +1,6 @@
 """LD-ZNet: ZNet plus internal features of the frozen LDM (dissertation §3.2.2, Tables 3.1-3.4).
 
-The frozen SD UNet runs once on the noised latent z_t, conditioned on the same text (research ldznet.md
+The frozen SD UNet runs once on the noised latent z_t, conditioned on the same text (docs/ref-ldznet.md
 §2.3); its features after spatial-attention modules 6-10 (`ldm_features.py`) enter the matching spatial-
 attention modules of ZNet in one of two ways:
 
@@ -11,7 +11,7 @@ attention modules of ZNet in one of two ways:
       x += ff(norm3 x)
 - "concat" (the Table 3.4 ablation): the LDM feature map is concatenated channel-wise with ZNet's features
   right before the spatial-attention module and projected back to C channels by a 1x1 convolution (our
-  choice of projection: the dissertation gives none; research ldznet.md §2.6).
+  choice of projection: the dissertation gives none; docs/ref-ldznet.md §2.6).
 
 New layers keep PyTorch's default initialisation, as in the released code (not zero-initialised).
 """

@@ -2,7 +2,7 @@
 
 The dissertation says only that RGBNet uses "additional learnable convolutional layers to map the original
 image to match the input resolution of ZNet" and is otherwise ZNet, SD-initialised. The stem is therefore our
-design (research ldznet.md §1.6, §9.9): three stride-2 3x3 convolutions 3 -> 64 -> 128 -> 4 channels with
+design (docs/ref-ldznet.md §1.6, §9 item 9): three stride-2 3x3 convolutions 3 -> 64 -> 128 -> 4 channels with
 GroupNorm + SiLU between them, mapping 3 x 384 x 384 to 4 x 48 x 48, the shape of z. Keeping 4 output
 channels lets the UNet's input convolution keep SD's weights, so RGBNet and ZNet differ only in the input
 representation. The stem is trainable and default-initialised; no VAE is used.

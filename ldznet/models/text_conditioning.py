@@ -1,6 +1,6 @@
 """Frozen CLIP text states, the text condition of ZNet, LD-ZNet and the frozen LDM (dissertation §3.3).
 
-As in SD and the LD-ZNet code (research ldznet.md §1.3): the prompt is tokenized to exactly 77 tokens
+As in SD and the LD-ZNet code (docs/ref-ldznet.md §1.3): the prompt is tokenized to exactly 77 tokens
 (start, words, end, padding with the end token) and the text encoder's last hidden states (B, 77, C) are the
 cross-attention context. The encoder is never trained (kept in eval mode, no gradients).
 - The empty prompt "" is valid: it gives SD's unconditional embedding (start + end tokens), used by the

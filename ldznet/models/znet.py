@@ -2,7 +2,7 @@
 
 The input image x in [-1, 1] is encoded by SD's frozen VAE, z = 0.18215 x posterior sample (the mean as an
 option); an SD-initialised UNet (all of it trainable, including the timestep embedding) runs on z with
-timestep 0, no noise added, and frozen CLIP text states as cross-attention context (research ldznet.md §1).
+timestep 0, no noise added, and frozen CLIP text states as cross-attention context (docs/ref-ldznet.md §1).
 The UNet's output convolution keeps only channel 0 of SD's 4-channel conv (1 output channel), and a small
 transposed-convolution head brings the latent-size logit map back to the image size (x8). The loss is binary
 cross-entropy with logits (no sigmoid in the model).
@@ -70,7 +70,7 @@ class LatentEncoder(nn.Module):
 class OutputHead(nn.Module):
     """1-channel latent-size map -> full-size logits: three (transposed conv x2, conv 3x3) stages (55 weights).
 
-    Same layers as the released LD-ZNet code (research ldznet.md §1.4): conv3x3, then 3 x [ConvT(k2, s2),
+    Same layers as the released LD-ZNet code (docs/ref-ldznet.md §1.4): conv3x3, then 3 x [ConvT(k2, s2),
     conv3x3], SiLU between all of them, no final activation.
     """
 

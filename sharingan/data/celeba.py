@@ -1,4 +1,4 @@
-"""CelebA, the real faces of the face experiment (dissertation §2.3.2.1, ref. [68]; research formats.md §7).
+"""CelebA, the real faces of the face experiment (dissertation §2.3.2.1, ref. [68]; docs/formats.md §7).
 
 Real layout (torchvision's): `<root>/img_align_celeba/000001.jpg ...` (178x218 aligned JPEGs) and
 `<root>/list_eval_partition.txt` (`000001.jpg 0`; 0/1/2 = train/valid/test). The 128x128 crop used by

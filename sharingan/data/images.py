@@ -1,4 +1,4 @@
-"""Image reading, resizing and the shared augmentations of the depth datasets (research sharingan.md §2.6).
+"""Image reading, resizing and the shared augmentations of the depth datasets (docs/ref-sharingan.md §2.6).
 
 Images are read as RGB uint8 with OpenCV (a missing or unreadable file raises an error naming it), resized
 with bicubic interpolation like the official PIL pipeline, and handed to the networks in [-1, 1]

@@ -1,4 +1,4 @@
-"""KITTI raw, the real domain of the depth experiments (research sharingan.md §3.1, formats.md §2).
+"""KITTI raw, the real domain of the depth experiments (docs/ref-sharingan.md §3.1, docs/formats.md §2).
 
 Layout under the data root:
     <date>/calib_cam_to_cam.txt, <date>/calib_velo_to_cam.txt

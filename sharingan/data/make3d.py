@@ -1,4 +1,4 @@
-"""Make3D Test134, evaluation only (Table 2.2 / 2.6; research sharingan.md §3.3, formats.md §5).
+"""Make3D Test134, evaluation only (Table 2.2 / 2.6; docs/ref-sharingan.md §3.3, docs/formats.md §5).
 
 Layout: `<root>/Test134/img-<stem>.jpg` and `<root>/Gridlaserdata/depth_sph_corr-<stem>.mat` (MATLAB v5, key
 `Position3DGrid` of shape (55, 305, 4), channel 3 = depth in metres). Pairs are built from the stem (never by

@@ -1,4 +1,4 @@
-"""CMU Multi-PIE for lighting classification (Table 2.4; dissertation §2.3.2.3; research formats.md §9).
+"""CMU Multi-PIE for lighting classification (Table 2.4; dissertation §2.3.2.3; docs/formats.md §9).
 
 Real layout: `<root>/session0S/multiview/<subject 3d>/<recording 2d>/<camera XX_Y>/
 <subject>_<session>_<recording>_<camera XXY>_<shot 2d>.png` (e.g. `session01/multiview/001/01/05_1/

@@ -1,4 +1,5 @@
-"""Photoface, the test set of Table 2.3 (ref. [32]; research sharingan.md §3.4, §4.2; formats.md §8).
+"""Photoface, the test set of Table 2.3 (ref. [32]; docs/ref-sharingan.md §3.4;
+docs/formats.md §8; protocol: docs/protocols.md §3).
 
 SharinGAN's pre-aligned form: list files `Photoface_{train,test,img}_list.txt` whose lines are
 `/scratch2/photoface-results/<subject>/<session>/im<k>_align.png f1 f2 f3` (three 0/1 flags of unknown meaning;

@@ -1,4 +1,4 @@
-"""SfSNet synthetic faces (dissertation §2.3.2.1, ref. [22]; research formats.md §6, sharingan.md §3.4).
+"""SfSNet synthetic faces (dissertation §2.3.2.1, ref. [22]; docs/formats.md §6, docs/ref-sharingan.md §3.4).
 
 On-disk layout read here (as in the public SfSNet sample): `<root>/<folder>/<id>_<modality>_<i>_<j>.png` for the
 modalities face, normal, albedo, mask (8-bit PNG) and `<id>_light_<i>_<j>.txt` (one line of 27 tab-separated

@@ -1,4 +1,4 @@
-"""Virtual KITTI, the synthetic domain of the depth experiments (research sharingan.md §3.2, formats.md §3-4).
+"""Virtual KITTI, the synthetic domain of the depth experiments (docs/ref-sharingan.md §3.2, docs/formats.md §3-4).
 
 vKITTI 1.3.1 (what SharinGAN used): list lines `vkitti_1.3.1_rgb/0001/15-deg-left/00000.png` relative to the
 data root; the depth map is the same path under `vkitti_1.3.1_depthgt/`: a 16-bit grey PNG in centimetres,

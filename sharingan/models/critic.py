@@ -1,4 +1,4 @@
-"""WGAN-GP critic D of SharinGAN for depth (dissertation eqs. 2.1-2.3; research sharingan.md §1.3).
+"""WGAN-GP critic D of SharinGAN for depth (dissertation eqs. 2.1-2.3; docs/ref-sharingan.md §1.3).
 
 D scores G's *output images* (never features) of both domains. A ladder of 14 3x3 convolutions (each with
 batch norm and ReLU), every second one with stride 2 (seven halvings: 192x640 -> 2x5), then a fully connected

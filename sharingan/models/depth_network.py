@@ -1,4 +1,4 @@
-"""Depth task network T of SharinGAN (dissertation §2.2.2.3; research sharingan.md §1.2).
+"""Depth task network T of SharinGAN (dissertation §2.2.2.3; docs/ref-sharingan.md §1.2).
 
 The T2Net/GASDA UNet the official code uses. Encoder: 7x7 stem and three encoder blocks, each followed by
 average pooling (1/2 .. 1/16). Centre: three "inception" blocks (parallel 3x3 convolutions with dilation

@@ -1,4 +1,4 @@
-"""Image-level WGAN-GP critic D for faces (dissertation Eq. 2.1-2.3; research sharingan.md §1.5).
+"""Image-level WGAN-GP critic D for faces (dissertation Eq. 2.1-2.3; docs/ref-sharingan.md §1.5).
 
 A ladder of 3x3 convolutions with ReLU and no batch norm (a gradient penalty is computed per sample, which
 batch statistics would break): pairs of (stride 1, stride 2) convolutions with channels 32, 64, 128, 256,

@@ -1,4 +1,4 @@
-"""Shared generator G of SharinGAN for depth (dissertation §2.2.1; research sharingan.md §1.1).
+"""Shared generator G of SharinGAN for depth (dissertation §2.2.1; docs/ref-sharingan.md §1.1).
 
 A ResNet-style autoencoder (the T2Net/GASDA generator the official code uses): 7x7 stem, two encoder blocks
 that each halve the resolution with average pooling, seven residual blocks at 1/4 resolution (channels capped

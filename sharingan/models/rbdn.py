@@ -1,4 +1,4 @@
-"""RBDN generator G for face normals (dissertation §2.3.2.2; research sharingan.md §1.4).
+"""RBDN generator G for face normals (dissertation §2.3.2.2; docs/ref-sharingan.md §1.4).
 
 Recursively branched deconvolutional network: a full-resolution trunk plus three nested branches that each
 halve the resolution with a strided convolution and come back up with a transposed convolution, so the trunk

@@ -1,5 +1,5 @@
 """SfSNet, the face task network T, and its spherical-harmonics shading (dissertation Eq. 2.9, ref. [22];
-research sharingan.md §1.6).
+docs/ref-sharingan.md §1.6).
 
 One shared stem (conv 7x7, conv 3x3, strided conv 3x3 -> half resolution), then two branches of identical
 structure (normals, albedo): five pre-activation residual blocks, BN-ReLU, bilinear x2 up-sampling, conv 1x1,

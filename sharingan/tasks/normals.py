@@ -281,7 +281,7 @@ def prediction_panels(predictions: Mapping[str, Tensor], batch: Mapping, domain:
 @torch.no_grad()
 def evaluate_photoface(generator: nn.Module | None, task_network: nn.Module, dataset: Dataset,
                        batch_size: int = 20, device: str = "cpu") -> dict[str, float]:
-    """Table 2.3 protocol (research sharingan.md §4.2): MAE = mean of batch means (batch 20), thresholds
+    """Table 2.3 protocol (docs/protocols.md §3): MAE = mean of batch means (batch 20), thresholds
     pooled over all masked pixels, via `common.metrics.normals.PhotofaceAggregator`."""
     aggregator = PhotofaceAggregator()
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size, shuffle=False), desc="Photoface", unit="batch"):

@@ -1,4 +1,4 @@
-"""Depth metrics against values worked out by hand (research sharingan.md §4.1)."""
+"""Depth metrics against values worked out by hand (docs/protocols.md §1)."""
 
 import math
 

@@ -157,7 +157,7 @@ def test_random_polygons_agree_with_a_pixel_centre_test_away_from_the_outline():
 
 
 def _refer_get_mask(segmentation, height, width):
-    """refer's getMask with pycocotools (research/ldznet.md §5): frPyObjects -> decode -> sum -> foreground."""
+    """refer's getMask with pycocotools (docs/ref-ldznet.md §5): frPyObjects -> decode -> sum -> foreground."""
     from pycocotools import mask as coco_mask
 
     if isinstance(segmentation, list) or isinstance(segmentation["counts"], list):

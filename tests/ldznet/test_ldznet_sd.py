@@ -43,7 +43,7 @@ def test_scheduler_is_sds_scaled_linear_schedule():
     betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
     alphas_cumprod = np.cumprod(1 - betas)
     assert np.allclose(scheduler.alphas_cumprod.numpy(), alphas_cumprod, atol=1e-6)
-    assert alphas_cumprod[400] == pytest.approx(0.42448, abs=1e-4)  # research ldznet.md §2.3
+    assert alphas_cumprod[400] == pytest.approx(0.42448, abs=1e-4)  # docs/ref-ldznet.md §2.3
 
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
@@ -68,7 +68,7 @@ def test_single_checkpoint_in_the_legacy_torch_format(tiny_sd, loaded, tmp_path)
 
 
 def test_compvis_key_names_follow_the_sd_v1_layout():
-    # facts of the CompVis SD v1 UNet (research ldznet.md §2.1 table)
+    # facts of the CompVis SD v1 UNet (docs/ref-ldznet.md §2.1 table)
     assert unet_key_to_original("down_blocks.2.attentions.1.proj_in.weight") == \
         "model.diffusion_model.input_blocks.8.1.proj_in.weight"
     assert unet_key_to_original("mid_block.attentions.0.norm.bias") == "model.diffusion_model.middle_block.1.norm.bias"

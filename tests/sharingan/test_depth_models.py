@@ -1,4 +1,4 @@
-"""Networks of the depth task: paper parameter counts (research sharingan.md §1.7), shapes, ranges."""
+"""Networks of the depth task: paper parameter counts (docs/ref-sharingan.md §1.7), shapes, ranges."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-# Analytic counts (worked out by hand from the layer lists of research sharingan.md §1.4-1.6):
+# Analytic counts (worked out by hand from the layer lists of docs/ref-sharingan.md §1.4-1.6):
 # RBDN: 17 conv3x3 128->128 (147,584 + BN 256) + 3 conv3x3 256->128 (295,040 + 256) + stem 3,584 + 256
 #       + input BN(3) 6 + output conv 3,459 = 3,406,473.
 # Face critic: convs 9,431,840 + linears 2,098,176 + 524,800 + 513 = 12,055,329.

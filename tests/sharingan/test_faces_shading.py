@@ -1,4 +1,4 @@
-"""sh_shading against values worked out by hand (SH constants and ordering of research sharingan.md §1.6)."""
+"""sh_shading against values worked out by hand (SH constants and ordering of docs/ref-sharingan.md §1.6)."""
 
 import math
 

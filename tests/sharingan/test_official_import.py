@@ -6,7 +6,7 @@ official key and shape) in the official top-level layouts, saved in PyTorch's le
 parameter of the same shape but another role is caught. The official alias groups (one module registered
 under several names) are written out by hand below, independently of the importer. A second method checks
 the forward passes: the official networks' computation written with `torch.nn.functional` directly on the
-official key names (research notes, sharingan.md §1) must equal our imported modules' outputs.
+official key names (docs/ref-sharingan.md §1) must equal our imported modules' outputs.
 """
 
 from __future__ import annotations
@@ -499,7 +499,7 @@ def test_imported_networks_compute_the_official_forward_pass(task, network, tmp_
 
 # ---------------------------------------------------------------------- the networks checkpoint it writes
 def test_depth_conventions_of_imported_networks(tmp_path):
-    """Official convention (research official-checkpoints.md): G and T take [-1, 1] images, T's last output is
+    """Official convention (docs/ref-sharingan.md §6): G and T take [-1, 1] images, T's last output is
     full resolution, depth = (y + 1) / 2 * 80 m: `predict_depth` (used by eval and predict) must compute it."""
     from sharingan.data.images import to_network
     from sharingan.tasks.depth import predict_depth
