@@ -324,10 +324,6 @@ class _Marker:
 
 _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "set"): set,  # protocol-2 pickles name the builtins module by its Python 2 name
-    ("__builtin__", "frozenset"): frozenset,
     ("_codecs", "encode"): _encode,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -337,6 +333,13 @@ _ALLOWED = {
     ("torch", "Tensor"): _Marker,
     ("torch.nn.parameter", "Parameter"): _Marker,
 }
+
+
+# plain value types (no side effects when called); protocol-2 pickles name their module by its Python 2 name
+_PLAIN_TYPES = {"dict": dict, "list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "int": int,
+                "long": int, "float": float, "bool": bool}
+_ALLOWED.update({(module, name): value for module in ("builtins", "__builtin__")
+                 for name, value in _PLAIN_TYPES.items()})
 
 
 class _CheckpointUnpickler(pickle.Unpickler):

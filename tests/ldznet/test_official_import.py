@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+from omegaconf import OmegaConf
 from PIL import Image
 
 from ldznet import official
@@ -364,14 +365,15 @@ class _HostileExec:
 
 def test_hostile_objects_are_not_executed_and_tensors_still_load(world, components, tmp_path):
     marker = tmp_path / "marker"
-    hyper = {"hparams": argparse.Namespace(lr=5e-7), "payload": _Hostile(f"touch {marker}"),
+    hyper = {"hparams": argparse.Namespace(lr=5e-7), "config": OmegaConf.create({"model": {"lr": 5e-7, "x": [1]}}),
+             "payload": _Hostile(f"touch {marker}"),
              "exec": _HostileExec(marker)}
     path = _write(tmp_path, "hostile.ckpt", lightning_checkpoint(world.raw, world.ema, hyper_parameters=hyper))
     model = _load(world, components, path)
     assert not marker.exists()
     info = model.official_info
     assert info["reader"] == "restricted"
-    assert "argparse.Namespace" in info["skipped_objects"]
+    assert {"argparse.Namespace", "omegaconf.dictconfig.DictConfig"} <= set(info["skipped_objects"])
     assert any(name.endswith(".exec") for name in info["skipped_objects"])  # __builtin__.exec (protocol 2)
     assert any(name.endswith(".system") for name in info["skipped_objects"])  # posix.system / os.system
     reference = _load(world, components)
