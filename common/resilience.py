@@ -214,6 +214,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_write(path, "wb") as file:
             torch.save(checkpoint, file)
 
+    def load_checkpoint(self, path, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> dict:
+        """Resume reads are always `weights_only=True` (a hostile `last.ckpt` cannot run code), whatever
+        Lightning or the environment (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) would default to."""
+        if weights_only is False:
+            raise ValueError(f"{type(self).__name__} loads checkpoints with weights_only=True only ({path})")
+        return super().load_checkpoint(path, *args, weights_only=True, **kwargs)
+
 
 def resolve_resume(resume: str | None, run_root: str | Path) -> Path | None:
     """`resume=last` -> the newest `checkpoints/last.ckpt` under `run_root` (an experiment's run folders);

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.safe_pickle import load_npz
 from sharingan.data.images import colour_jitter, read_rgb, resize, rotate, to_network, write_rgb
 
 LAYOUT = ("<root>/<date>/calib_cam_to_cam.txt, calib_velo_to_cam.txt; <root>/<date>/<drive>_sync/"
@@ -267,7 +268,7 @@ class KittiStereoDataset(Dataset):
         if left.shape != right.shape:
             raise ValueError(f"KITTI stereo pair differs in size: {self.root / entry.left} is {left.shape[:2]}, "
                              f"{self.root / entry.right} is {right.shape[:2]}")
-        left, right = resize(left, self.size, cv2.INTER_CUBIC), resize(right, self.size, cv2.INTER_CUBIC)
+        left, right = resize(left, self.size, "bicubic"), resize(right, self.size, "bicubic")  # Pillow, official
         if self.augment:
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
             if rng.random() < 0.5:
@@ -286,7 +287,8 @@ class KittiDepthEvalDataset(Dataset):
     """Evaluation samples {"image": (3, H, W) in [-1, 1], "gt": (H0, W0) float64 metres, "path"}.
 
     Ground truth: velodyne projected with `generate_depth_map`, or, when `gt_file` is given, a monodepth2
-    style `gt_depths.npz` (key "data", an object array of per-image maps in list order)."""
+    style `gt_depths.npz` (key "data", an object array of per-image maps in list order), read with
+    `common.safe_pickle.load_npz`: numpy's array reconstruction only, so a hostile file cannot run code."""
 
     def __init__(self, root: str | Path, entries: Sequence[KittiEntry], size: Sequence[int] = (192, 640),
                  gt_file: str | Path | None = None) -> None:
@@ -300,7 +302,11 @@ class KittiDepthEvalDataset(Dataset):
             gt_file = Path(gt_file)
             if not gt_file.is_file():
                 raise FileNotFoundError(f"KITTI ground-truth file not found: {gt_file}")
-            self.gt = np.load(gt_file, allow_pickle=True, encoding="latin1")["data"]
+            arrays = load_npz(gt_file)  # object arrays through a restricted unpickler: a hostile file runs nothing
+            if "data" not in arrays:
+                raise KeyError(f"{gt_file} has no 'data' array (found {sorted(arrays)}); expected monodepth2's "
+                               "gt_depths.npz layout")
+            self.gt = arrays["data"]
             if len(self.gt) != len(self.entries):
                 raise ValueError(f"{gt_file} holds {len(self.gt)} depth maps but the list has {len(self.entries)}")
 
@@ -314,7 +320,7 @@ class KittiDepthEvalDataset(Dataset):
             gt = np.asarray(self.gt[index], dtype=np.float64)
         else:
             gt = generate_depth_map(self.root / entry.calib_dir, self.root / entry.velodyne, cam=2)
-        return {"image": to_network(resize(image, self.size, cv2.INTER_CUBIC)), "gt": gt, "path": entry.left}
+        return {"image": to_network(resize(image, self.size, "bicubic")), "gt": gt, "path": entry.left}
 
 
 def write_kitti_fixture(root: str | Path, frames: int = 3, image_size: tuple[int, int] = (48, 160),
