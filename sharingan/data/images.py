@@ -1,8 +1,10 @@
 """Image reading, resizing and the shared augmentations of the depth datasets (docs/ref-sharingan.md §2.6).
 
-Images are read as RGB uint8 with OpenCV (a missing or unreadable file raises an error naming it), resized
-with bicubic interpolation like the official PIL pipeline, and handed to the networks in [-1, 1]
-(Normalize(0.5, 0.5)).
+Images are read as RGB uint8 (a missing or unreadable file raises an error naming it), resized with Pillow
+exactly as the official pipeline (torchvision `Resize` on PIL images: anti-aliased, i.e. the filter is widened
+by the shrink factor when downscaling), and handed to the networks in [-1, 1] (Normalize(0.5, 0.5)).
+Filters per dataset (docs/ref-sharingan.md §2.6, §3.3): KITTI and vKITTI images and vKITTI depth labels
+bicubic; Make3D's two image resizes bilinear.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from common.images import load_image_rgb
 
@@ -38,12 +41,43 @@ def write_rgb(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> Pa
     return path
 
 
-def resize(image: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
-    """Resize to (height, width)."""
+PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+               "nearest": Image.Resampling.NEAREST}
+# OpenCV flags some callers pass; each means the Pillow filter of the same name (not OpenCV's resize).
+_OPENCV_FLAGS = {cv2.INTER_CUBIC: "bicubic", cv2.INTER_LINEAR: "bilinear", cv2.INTER_NEAREST: "nearest"}
+
+
+def resize(image: np.ndarray, size: tuple[int, int], interpolation: str | int = "bicubic") -> np.ndarray:
+    """Resize to (height, width) with Pillow, as the official pipeline (anti-aliased when shrinking).
+
+    `interpolation`: "bicubic", "bilinear" or "nearest" (the OpenCV flags INTER_CUBIC / INTER_LINEAR /
+    INTER_NEAREST name the same Pillow filters). (H, W, 3) uint8 images are resized as Pillow "RGB" (the result
+    is Pillow's rounded uint8), (H, W) uint8 as "L"; (H, W) float arrays (depth labels) as Pillow "F"
+    (float32, no rounding), returned as float32. Pillow "F" works in float32, so float64 input loses precision
+    below ~1e-7 relative.
+    """
     height, width = int(size[0]), int(size[1])
     if image.shape[:2] == (height, width):
         return image
-    return cv2.resize(image, (width, height), interpolation=interpolation)
+    name = _OPENCV_FLAGS.get(interpolation, interpolation) if isinstance(interpolation, int) else interpolation
+    if name not in PIL_FILTERS:
+        raise ValueError(f"resize: unknown interpolation {interpolation!r} (expected one of {sorted(PIL_FILTERS)} "
+                         "or cv2.INTER_CUBIC / INTER_LINEAR / INTER_NEAREST)")
+    array = np.asarray(image)
+    if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+        mode = "RGB"
+    elif array.dtype == np.uint8 and array.ndim == 2:
+        mode = "L"
+    elif np.issubdtype(array.dtype, np.floating) and array.ndim == 2:
+        mode, array = "F", array.astype(np.float32)
+    else:
+        raise ValueError(f"resize: expected (H, W, 3) uint8, (H, W) uint8 or (H, W) float, got {array.shape} "
+                         f"{array.dtype}")
+    picture = Image.fromarray(np.ascontiguousarray(array))  # the mode follows from shape and dtype
+    if picture.mode != mode:
+        raise ValueError(f"resize: Pillow read the {array.shape} {array.dtype} array as mode {picture.mode!r}, "
+                         f"expected {mode!r}")
+    return np.asarray(picture.resize((width, height), resample=PIL_FILTERS[name])).copy()
 
 
 def to_network(image: np.ndarray) -> torch.Tensor:

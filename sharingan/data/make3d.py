@@ -5,7 +5,8 @@ Layout: `<root>/Test134/img-<stem>.jpg` and `<root>/Gridlaserdata/depth_sph_corr
 replacing substrings of the absolute path).
 
 Official protocol: image resized to (H 2000, W 1800), centre-cropped to (1024, 1600), resized to the network
-size; ground truth resized to (2000, 1800) with nearest neighbour and centre-cropped the same way; the
+size (both resizes Pillow bilinear, anti-aliased: the second shrinks ~5x vertically); ground truth resized
+to (2000, 1800) with OpenCV's nearest neighbour (as the official code) and centre-cropped the same way; the
 prediction is upsampled bilinearly to 1024x1600; errors for 0 < gt < 70 m ("C1").
 """
 
@@ -99,10 +100,11 @@ class Make3DDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         stem = self.stems[index]
         image = read_rgb(self.root / "Test134" / f"img-{stem}.jpg", "Make3D image")
-        image = center_crop(resize(image, self.resize_hw, cv2.INTER_CUBIC), self.crop_hw)
+        image = center_crop(resize(image, self.resize_hw, "bilinear"), self.crop_hw)  # Pillow, as official
         depth = read_make3d_depth(self.root / "Gridlaserdata" / f"depth_sph_corr-{stem}.mat")
-        depth = center_crop(resize(depth, self.resize_hw, cv2.INTER_NEAREST), self.crop_hw)
-        return {"image": to_network(resize(image, self.size, cv2.INTER_CUBIC)), "gt": depth,
+        # the official ground truth goes through OpenCV's nearest neighbour (not Pillow's)
+        depth = center_crop(cv2.resize(depth, self.resize_hw[::-1], interpolation=cv2.INTER_NEAREST), self.crop_hw)
+        return {"image": to_network(resize(image, self.size, "bilinear")), "gt": depth,
                 "path": f"Test134/img-{stem}.jpg"}
 
 

@@ -7,7 +7,8 @@ data root; the depth map is the same path under `vkitti_1.3.1_depthgt/`: a 16-bi
 
 Depth is read as uint16 (cv2.IMREAD_UNCHANGED; never through a 16-bit -> int16 conversion that wraps 65535 to
 -1), capped at 8000 cm and normalised to [-1, 1] (0..80 m). Deviation: we cap *before* the bicubic resize
-(the official code resizes first), so the 655-m sky code cannot ring into neighbouring pixels.
+(the official code resizes first), so the 655-m sky code cannot ring into neighbouring pixels. Image and depth
+are resized with Pillow's anti-aliased bicubic filter as the official loader (depth as float, Pillow mode "F").
 Training augmentation (official): horizontal flip p = 0.5; rotation U(-5°, 5°) p = 0.5 (image bicubic, depth
 bilinear, corners filled with 0 = label -1, not masked).
 """
@@ -133,8 +134,8 @@ class VirtualKittiDataset(Dataset):
         if image.shape[:2] != depth_cm.shape[:2]:
             raise ValueError(f"vKITTI image {self.root / entry} is {image.shape[:2]} but its depth map "
                              f"{self.root / depth_path_for(entry)} is {depth_cm.shape[:2]}; they must match")
-        image = resize(image, self.size, cv2.INTER_CUBIC)
-        depth_cm = np.clip(resize(depth_cm, self.size, cv2.INTER_CUBIC), 0.0, self.cap_cm)
+        image = resize(image, self.size, "bicubic")  # Pillow, anti-aliased, as the official loader
+        depth_cm = np.clip(resize(depth_cm, self.size, "bicubic"), 0.0, self.cap_cm)  # Pillow mode "F"
         if self.augment:
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
             if rng.random() < 0.5:

@@ -154,8 +154,11 @@ def test_predict_writes_colour_and_16bit_metric_png(tmp_path):
     metric = cv2.imread(str(tmp_path / "o" / "a_depth16.png"), cv2.IMREAD_UNCHANGED)
     assert metric.shape == (40, 100) and metric.dtype == np.uint16
     loaded, _, _ = load_networks(checkpoint)
+    from PIL import Image
+
     from sharingan.data.images import to_network
-    x = to_network(cv2.resize(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB), (64, 32), interpolation=cv2.INTER_CUBIC))
+    rgb = Image.fromarray(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))  # resized like the datasets: Pillow bicubic
+    x = to_network(np.asarray(rgb.resize((64, 32), Image.Resampling.BICUBIC)))
     with torch.no_grad():
         depth = predict_depth(loaded["generator"], loaded["task_network"], x[None])[0, 0].numpy()
     expected = cv2.resize(depth, (100, 40), interpolation=cv2.INTER_LINEAR)
