@@ -7,12 +7,15 @@ head 512·2·5 = 5120 -> 1024 -> 512 -> 1 (batch norm + ReLU between, linear sco
 Any input size: an adaptive average pool resizes the last feature map to `pool_size` = (2, 5) before the
 head. At the official 192x640 input the map is already 2x5, so the pool is the identity and the network is
 exactly the official one (Linear(5120, ...)); other sizes (e.g. the 32x64 miniature) work unchanged.
-`width` multiplies the conv channels (default = paper size).
+`width` multiplies the conv channels (default = paper size). Initial weights: the official critic has no
+explicit initialisation, i.e. PyTorch 0.4.1's defaults (`sharingan.models.initialisation.initialise_critic`).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from sharingan.models.initialisation import initialise_critic
 
 LADDER = (32, 32, 64, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512)
 
@@ -42,6 +45,7 @@ class ImageCritic(nn.Module):
             size = units
         head.append(nn.Linear(size, 1))
         self.head = nn.Sequential(*head)
+        initialise_critic(self)  # official: PyTorch 0.4.1 defaults, i.e. batch-norm scales ~U(0, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.features(x)).flatten(1)).squeeze(1)

@@ -6,6 +6,7 @@ average pooling (1/2 .. 1/16). Centre: three "inception" blocks (parallel 3x3 co
 *scaled skips* (encoder features multiplied by 0.1, 0.05 and 0.01 before concatenation) and four tanh depth
 outputs at 1/8, 1/4, 1/2 and full resolution, each coarser output upsampled (nearest) into the next level.
 Depth is normalised to [-1, 1] <-> 0..80 m. At `width=1`: ~54.6 M parameters (~42 M in the centre blocks).
+Initial weights as the official `init_weights('kaiming')` (`sharingan.models.initialisation`).
 
 `forward` returns the four outputs coarse to fine (the losses use all four; inference uses the last).
 Input height and width must be divisible by 16.
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sharingan.models.generator import DecoderUpBlock, EncoderBlock, channels
+from sharingan.models.initialisation import initialise_like_t2net
 
 
 class ReflectionPadAnySize(nn.Module):
@@ -90,6 +92,7 @@ class DepthUNet(nn.Module):
         self.output3 = OutputBlock(c2 + c2 + out_channels, out_channels, 3)
         self.output2 = OutputBlock(c1 + c1 + out_channels, out_channels, 3)
         self.output1 = OutputBlock(half + out_channels, out_channels, 7)
+        initialise_like_t2net(self)  # official init: Kaiming-normal convs, zero biases, BN scales ~U(0.02, 1)
 
     @staticmethod
     def upsample(x: Tensor) -> Tensor:

@@ -4,7 +4,8 @@ A ResNet-style autoencoder (the T2Net/GASDA generator the official code uses): 7
 that each halve the resolution with average pooling, seven residual blocks at 1/4 resolution (channels capped
 at 2·base), two upsampling decoder blocks (transposed convolutions) and a 7x7 head with **tanh**, so G(x) is
 an image in [-1, 1] like its input. Batch norm; one PReLU module (a single slope) shared by the whole network,
-as in the official code. At `width=1` (base 64 channels): ~3.12 M parameters.
+as in the official code. At `width=1` (base 64 channels): ~3.12 M parameters. Initial weights as the
+official `init_weights('kaiming')` (`sharingan.models.initialisation`).
 
 `width` multiplies every channel count (the miniature and the tests use small widths; default = paper size).
 """
@@ -12,6 +13,8 @@ as in the official code. At `width=1` (base 64 channels): ~3.12 M parameters.
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from sharingan.models.initialisation import initialise_like_t2net
 
 
 def channels(base: int, width: float) -> int:
@@ -80,6 +83,7 @@ class ResNetGenerator(nn.Module):
             DecoderUpBlock(inner, inner, base, act),
             nn.ReflectionPad2d(3), nn.Conv2d(base, out_channels, 7), nn.Tanh(),
         )
+        initialise_like_t2net(self)  # official init: Kaiming-normal convs, zero biases, BN scales ~U(0.02, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-2] % 4 or x.shape[-1] % 4:
