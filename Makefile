@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(SPEC_HASH)
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow test-all lint demo demo-quick chapter2-depth chapter2-normals chapter2 \
+.PHONY: help setup test test-slow test-all lint demo demo-quick demo-study chapter2-depth chapter2-normals chapter2 \
         chapter3 bench clean clean-runs
 
 help: ## list the targets
@@ -40,6 +40,9 @@ demo: $(STAMP) ## the main job: the dissertation in miniature on generated world
 
 demo-quick: $(STAMP) ## a few-minute version of the miniature for smoke checks
 	$(PY) -m demo --quick $(ARGS)
+
+demo-study: $(STAMP) ## the miniature's evidence: 3 seeds, trained to a plateau (<= 90 min, 2 cores); writes docs/demo-study.md
+	$(PY) -m demo --study --publish $(ARGS)
 
 chapter2-depth: $(STAMP) ## SharinGAN depth, end to end on real data (ARGS="data.vkitti.root=... data.kitti.root=...")
 	$(PY) -m sharingan.pipeline --task depth $(ARGS)

@@ -1,10 +1,12 @@
-"""`python -m demo [--quick] [--force] [--seeds N] [--out DIR] [--only STAGE ...] [key=value ...]`.
+"""`python -m demo [--quick] [--study] [--force] [--seeds N] [--out DIR] [--only STAGE ...] [key=value ...]`.
 
-Runs the miniature dissertation (docs/demo.md): the procedural worlds, the tiny LDM, both chapters' pipelines
-and the Fig 3.4 probe, then writes `<out>/REPORT.md`. Finished stages are reused unless `--force`; `--only`
-re-runs the named stages (their cached inputs are reused). `key=value` overrides the demo config
-(experiments/demo/demo.yaml, or quick.yaml with --quick), e.g. `worlds.shapes.phrasecut.train=1000` or
-`overrides.depth=[schedule.train_iterations=600]`.
+Runs the miniature dissertation (docs/demo.md): the procedural worlds, the tiny LDM, both chapters' pipelines,
+the sanity floors and the Fig 3.4 probe, then writes `<out>/REPORT.md`. Finished stages (and, inside a stage,
+finished seeds) are reused unless `--force`; `--only` re-runs the named stages (their cached inputs are
+reused). `--study` runs experiments/demo/study.yaml (longer training, validation curves, 3 seeds, into
+runs/demo-study; `--publish` then copies its report to docs/demo-study.md + .json). `key=value` overrides the
+demo config (experiments/demo/demo.yaml, quick.yaml with --quick, study.yaml with --study, study_quick.yaml
+with both), e.g. `worlds.shapes.phrasecut.train=1000` or `overrides.depth=[schedule.train_iterations=600]`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0],
                                      epilog="Further arguments key=value override keys of the demo config.")
     parser.add_argument("--quick", action="store_true", help="smoke-test size (experiments/demo/quick.yaml)")
+    parser.add_argument("--study", action="store_true",
+                        help="train to a plateau with 3 seeds (experiments/demo/study.yaml, runs/demo-study)")
+    parser.add_argument("--publish", action="store_true",
+                        help="with --study: copy the report to docs/demo-study.md, docs/demo-study.json")
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds per chapter stage")
     parser.add_argument("--out", default=None, help="output folder (default runs/demo, runs/demo-quick)")
@@ -39,7 +45,11 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
-    config = args.config or DEMO_EXPERIMENTS / ("quick.yaml" if args.quick else "demo.yaml")
+    if args.publish and not args.study:
+        raise SystemExit("--publish goes with --study (it publishes the study's report)")
+    names = {(False, False): "demo.yaml", (True, False): "quick.yaml", (False, True): "study.yaml",
+             (True, True): "study_quick.yaml"}
+    config = args.config or DEMO_EXPERIMENTS / names[(args.quick, args.study)]
     if args.seeds is not None:
         overrides.append(f"seeds={args.seeds}")
     if args.out is not None:
@@ -61,8 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = StageRunner(cfg.out, force=args.force, only=args.only).run(stages)
     from demo.report import write_report
 
-    report = write_report(cfg, status, seconds=time.perf_counter() - start)
+    command = "python -m demo " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = write_report(cfg, status, seconds=time.perf_counter() - start, command=command.strip())
     print(f"\nreport: {report}")
+    if args.publish:
+        from demo.report import publish_study
+
+        if any(entry["status"] not in ("done", "cached") for entry in status.values()):
+            print("not published: some stages did not finish (see the report)")
+        else:
+            print("published:", *publish_study(cfg.out), sep="\n  ")
     for name, entry in status.items():
         print(f"  {name:14s} {entry['status']}" + (f": {entry['reason']}" if entry.get("reason") else ""))
     return 0

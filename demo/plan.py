@@ -5,10 +5,13 @@
     depth                                        sharingan.pipeline --task depth   (Tables 2.1, 2.2, 2.5, 2.6)
     faces                                        sharingan.pipeline --task normals (Tables 2.3, 2.4)
     ldznet                                       ldznet.pipeline (RGBNet, ZNet, LD-ZNet, concat; Tables 3.1-3.4)
+    floors_depth  floors_faces                   sanity floors through the chapters' evaluate + per-image values
+    floors_segmentation                          all-foreground and image-only floors + per-sample IoU curves
     probe                                        ldznet.analysis.probe (Fig 3.4 block x timestep heat map)
 
 A chapter stage runs its pipeline once per training seed on the world's files (roots and lists are passed
-as config overrides) and returns, per seed, the metrics of every row; the report averages them.
+as config overrides) and returns, per seed, the metrics of every row; the report pairs them by seed. Each
+seed is cached on its own (`StageContext.cached`): an interrupted stage resumes at its first unfinished seed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from common.config import EXPERIMENTS_ROOT, load_config
+from demo import floors
 from demo.stages import Stage, StageContext, StageNotRunnable, plain
 
 DEMO_EXPERIMENTS = EXPERIMENTS_ROOT / "demo"
@@ -132,12 +136,15 @@ def run_chapter2(task: str, world_stage: str, overrides_for):
         world = ctx.path_of(world_stage)
         per_seed = {}
         for seed in c["seeds"]:
-            overrides = list(c["overrides"]) + overrides_for(world) + [f"seed={seed}"]
-            summary = run_pipeline(task, c["config"], overrides, root=ctx.out_dir / f"seed{seed}")
-            per_seed[str(seed)] = {"out_dir": str(summary["out_dir"]), "rows": _read_rows(summary),
-                                   "tables": summary.get("tables", []),
-                                   "checkpoints": {k: v.get("checkpoint") for k, v in summary["rows"].items()},
-                                   "pretrained": summary.get("pretrained", {})}
+            def one_seed(folder: Path, seed=seed) -> dict:
+                overrides = list(c["overrides"]) + overrides_for(world) + [f"seed={seed}"]
+                summary = run_pipeline(task, c["config"], overrides, root=folder)
+                return {"out_dir": str(summary["out_dir"]), "rows": _read_rows(summary),
+                        "tables": summary.get("tables", []),
+                        "checkpoints": {k: v.get("checkpoint") for k, v in summary["rows"].items()},
+                        "pretrained": summary.get("pretrained", {})}
+
+            per_seed[str(seed)] = ctx.cached(f"seed{seed}", one_seed)
         return {"task": task, "seeds": per_seed}
 
     return run
@@ -165,13 +172,14 @@ def run_ldznet(ctx: StageContext) -> dict:
     world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
     per_seed = {}
     for seed in c["seeds"]:
-        out = ctx.out_dir / f"seed{seed}"
-        overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
-            f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
-        cfg = load_config(c["config"], overrides)
-        summary = run_pipeline(cfg)
-        per_seed[str(seed)] = {"out": str(out / "pipeline"), "results": summary["results"],
-                               "runs": summary["runs"], "tables": summary.get("tables", [])}
+        def one_seed(out: Path, seed=seed) -> dict:
+            overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
+                f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
+            summary = run_pipeline(load_config(c["config"], overrides))
+            return {"out": str(out / "pipeline"), "results": summary["results"], "runs": summary["runs"],
+                    "tables": summary.get("tables", [])}
+
+        per_seed[str(seed)] = ctx.cached(f"seed{seed}", one_seed)
     return {"seeds": per_seed}
 
 
@@ -231,6 +239,18 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
         Stage("ldznet", run_ldznet, chapter("ldznet"), needs=("world_shapes", "tiny_ldm"),
               requires=("ldznet.pipeline",), code=("ldznet", "common"),
               description="Chapter 3: RGBNet, ZNet, LD-ZNet, concat on PhraseCut, AIGI, RefCOCO"),
+        Stage("floors_depth", floors.run_floors_depth, chapter("depth"), needs=("world_street", "depth"),
+              requires=("sharingan.tasks.depth",), code=("demo.floors", "demo.per_image", "sharingan", "common"),
+              description="depth floor (per-pixel mean training depth) + per-image errors of every row"),
+        Stage("floors_faces", floors.run_floors_faces, chapter("faces"), needs=("world_faces", "faces"),
+              requires=("sharingan.tasks.normals",), code=("demo.floors", "demo.per_image", "sharingan", "common"),
+              description="face floor (frontal normal, mean training lighting) + per-image errors of every row"),
+        Stage("floors_segmentation", floors.run_floors_segmentation,
+              chapter("ldznet") | {"image_only_variant": str(cfg.floors.image_only_variant)},
+              needs=("world_shapes", "tiny_ldm", "ldznet"), requires=("ldznet.pipeline",),
+              code=("demo.floors", "demo.per_image", "ldznet", "common"),
+              description="segmentation floors (all foreground; image-only model trained per seed) + per-sample "
+                          "IoU of every row"),
         Stage("probe", run_probe, chapter("probe"), needs=("world_shapes", "tiny_ldm"),
               requires=("ldznet.analysis.probe",), code=("ldznet", "common"),
               description="Fig 3.4: AP of a small decoder per (spatial-attention block, timestep)"),

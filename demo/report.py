@@ -1,14 +1,21 @@
-"""`<out>/REPORT.md`: the miniature's tables beside the dissertation's, its figures, and the ordering claims.
+"""`<out>/REPORT.md`: the miniature's tables beside the dissertation's, sanity floors, verdicts, figures.
 
-Every number comes from the metrics files the chapter stages wrote; rows are mean ± std over the seeds
-run (sample std; no ± for a single seed). Each claim of the dissertation is checked on the miniature's
-numbers and marked "reproduced" or "not reproduced" with its margin; a claim whose stage did not finish is
-"not run: <reason>". Nothing here is tuned or hard-coded: the thresholds of the claims are fixed below.
+Every number comes from the metrics files the chapter stages and the floor stages wrote; rows are mean ± std
+over the seeds run (sample std; no ± for a single seed). Each table carries trivial-baseline rows (floors,
+demo/floors.py) scored by the same evaluation code, and the report says whether each trained row beats them.
+Each claim of the dissertation is decided by the rule of demo/verdicts.py on its headline metric: paired
+margins over seeds, *reproduced* / *contradicted* beyond two standard errors, else *inconclusive*; a claim
+whose models do not both beat their floor is *untestable here*. Evaluation noise (bootstrap over test images,
+demo/per_image.py) is shown beside each margin; with one seed it is the rule's only noise (indicative).
+A claim whose stage did not finish is "not run: <reason>". Nothing here is tuned or hard-coded.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import math
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,12 +23,30 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from common.checkpoints import write_json, write_text
-from common.config import EXPERIMENTS_ROOT
+from common.config import EXPERIMENTS_ROOT, REPO_ROOT
 from common.results import mean_and_std, write_results_table
+from demo.verdicts import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    REPRODUCED,
+    beats_floor,
+    bootstrap_se,
+    claim_verdict,
+    improvement,
+    mean_statistic,
+    miou_best_statistic,
+)
 
 DEPTH_COLUMNS = ["abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"]
 MAKE3D_COLUMNS = ["abs_rel", "sq_rel", "rmse"]
-LOWER_IS_BETTER = {"abs_rel", "sq_rel", "rmse", "rmse_log", "rmse_log10", "mae_deg"}
+STUDY_VERDICTS = REPO_ROOT / "docs" / "demo-study.json"
+STUDY_REPORT = "docs/demo-study.md"
+DEPTH_FLOOR = "Floor: per-pixel mean training depth"  # names as in demo/floors.py (not imported: torch-free)
+FACES_FLOOR = "Floor: frontal normal, mean training lighting"
+ALL_FOREGROUND = "Floor: all foreground"
+IMAGE_ONLY = "Floor: image only (prompt ignored)"
+SEGMENTATION_COLUMN_KEYS = {"mIoU": "miou_best", "IoU_FG": "fgiou_best", "AP": "ap"}
+CONSTANT = "-"  # the seed label of floors that have no training seed
 
 
 def _num(value) -> str:
@@ -41,40 +66,61 @@ def _why(status: Mapping, name: str) -> str:
     return f"{entry.get('status', 'not run')}" + (f": {entry['reason']}" if entry.get("reason") else "")
 
 
-def aggregate(per_seed: Sequence[Mapping[str, float]], columns: Sequence[str]) -> dict[str, Any]:
-    """{column: {"mean", "std", "n"}} over the seeds that have the column (std None for a single seed)."""
+def aggregate(per_seed: Sequence[Mapping[str, float]], columns: Sequence[str],
+              seeds: Sequence[str] | None = None) -> dict[str, Any]:
+    """{column: {"mean", "std", "n", "values", "seeds"}} over the seeds that have the column (std None for a
+    single seed). `values[i]` belongs to `seeds[i]` (default "0", "1", ...), so claims can pair by seed."""
+    seeds = [str(s) for s in seeds] if seeds is not None else [str(k) for k in range(len(per_seed))]
     out = {}
     for column in columns:
-        values = [float(m[column]) for m in per_seed if m.get(column) is not None]
-        if values:
-            out[column] = mean_and_std(values)
-            if len(values) == 1:
+        pairs = [(seed, float(m[column])) for seed, m in zip(seeds, per_seed) if m.get(column) is not None]
+        if pairs:
+            out[column] = mean_and_std([v for _, v in pairs]) | {"values": [v for _, v in pairs],
+                                                                 "seeds": [s for s, _ in pairs]}
+            if len(pairs) == 1:
                 out[column]["std"] = None
     return out
 
 
-def _seed_values(result: Mapping, getter) -> list[dict]:
-    values = []
+def _seeded(result: Mapping, getter) -> tuple[list[str], list[dict]]:
+    seeds, values = [], []
     for seed in sorted(result.get("seeds", {})):
         try:
             values.append(getter(result["seeds"][seed]))
-        except (KeyError, TypeError):
+            seeds.append(str(seed))
+        except (KeyError, TypeError, StopIteration):
             continue
-    return values
+    return seeds, values
+
+
+def _seed_values(result: Mapping, getter) -> list[dict]:
+    return _seeded(result, getter)[1]
+
+
+def _floor_row(name: str, metrics: Mapping, columns: Sequence[str], seeds: Sequence[str] = (CONSTANT,)) -> dict:
+    per_seed = metrics if isinstance(metrics, list) else [metrics]
+    return {"method": name, "source": "floor", "floor": True, **aggregate(per_seed, columns, seeds)}
 
 
 # ------------------------------------------------------------------------------------------------ tables
 
-def depth_tables(result: Mapping, out: Path) -> tuple[list[Path], dict]:
+TABLE_SPECS: dict[str, dict] = {}  # table key -> {"stage", "benchmark", "floors", "per_image_metric"}
+
+
+def depth_tables(result: Mapping, out: Path, floors: Mapping | None = None) -> tuple[list[Path], dict]:
     paper = _load_yaml(EXPERIMENTS_ROOT / "chapter2" / "paper_tables_depth.yaml")
     rows_seen = sorted({row for seed in result.get("seeds", {}).values() for row in seed.get("rows", {})})
+    floor_results = (floors or {}).get("floors", {})
 
     def ours(benchmark: str, columns: Sequence[str], rows: Sequence[str]) -> list[dict]:
         table = []
         for row in rows:
-            values = _seed_values(result, lambda s, r=row: s["rows"][r][benchmark]["metrics"])
+            seeds, values = _seeded(result, lambda s, r=row: s["rows"][r][benchmark]["metrics"])
             if values:
-                table.append({"method": row, **aggregate(values, columns)})
+                table.append({"method": row, **aggregate(values, columns, seeds)})
+        for name, benchmarks in floor_results.items():
+            if benchmark in benchmarks:
+                table.append(_floor_row(name, benchmarks[benchmark]["metrics"], columns))
         return table
 
     ablation = ["No SharinGAN, no reconstruction", "SharinGAN, no reconstruction", "SharinGAN (proposed)"]
@@ -92,12 +138,16 @@ def depth_tables(result: Mapping, out: Path) -> tuple[list[Path], dict]:
     ]
     paths, rows_by_table = [], {}
     for key, title, benchmark, columns, rows in specs:
+        TABLE_SPECS[key] = {"stage": "depth", "floor_stage": "floors_depth", "benchmark": benchmark,
+                            "floors": [DEPTH_FLOOR], "per_image_metric": "abs_rel"}
         table = ours(benchmark, columns, [r for r in rows if r in rows_seen])
         rows_by_table[key] = {row["method"]: row for row in table}
         protocol = _seed_values(result, lambda s, b=benchmark: next(iter(s["rows"].values()))[b]["protocol"])
         paths.append(write_results_table(out / key, title, table, columns, paper.get(key, {}).get("rows", []),
                                          protocol=protocol[0] if protocol else None,
-                                         notes=f"Ours: mean ± std over {len(result.get('seeds', {}))} seed(s)."))
+                                         notes=f"Ours: mean ± std over {len(result.get('seeds', {}))} seed(s). "
+                                               "Floor rows (source 'floor'): a trivial predictor through the same "
+                                               "evaluation code."))
     return paths, rows_by_table
 
 
@@ -109,18 +159,24 @@ def _face_metrics(row: Mapping, benchmark: str) -> tuple[Mapping, Mapping | None
     return value, row.get(f"{benchmark}_protocol")
 
 
-def face_tables(result: Mapping, out: Path) -> tuple[list[Path], dict]:
+def face_tables(result: Mapping, out: Path, floors: Mapping | None = None) -> tuple[list[Path], dict]:
     paper = _load_yaml(EXPERIMENTS_ROOT / "chapter2" / "paper_tables_faces.yaml")
     rows_seen = sorted({row for seed in result.get("seeds", {}).values() for row in seed.get("rows", {})})
+    floor_results = (floors or {}).get("floors", {})
     paths, rows_by_table = [], {}
-    for key, benchmark in (("table_2_3", "photoface"), ("table_2_4", "multipie")):
+    for key, benchmark, metric in (("table_2_3", "photoface", "mae_deg"), ("table_2_4", "multipie", "top1")):
+        TABLE_SPECS[key] = {"stage": "faces", "floor_stage": "floors_faces", "benchmark": benchmark,
+                            "floors": [FACES_FLOOR], "per_image_metric": metric}
         spec = paper.get(key, {})
         columns = list(spec.get("columns", []))
         table = []
         for row in rows_seen:
-            values = _seed_values(result, lambda s, r=row, b=benchmark: _face_metrics(s["rows"][r], b)[0])
+            seeds, values = _seeded(result, lambda s, r=row, b=benchmark: _face_metrics(s["rows"][r], b)[0])
             if values:
-                table.append({"method": row, **aggregate(values, columns)})
+                table.append({"method": row, **aggregate(values, columns, seeds)})
+        for name, benchmarks in floor_results.items():
+            if benchmark in benchmarks:
+                table.append(_floor_row(name, benchmarks[benchmark]["metrics"], columns))
         rows_by_table[key] = {row["method"]: row for row in table}
         protocol = _seed_values(result, lambda s, b=benchmark: _face_metrics(next(iter(s["rows"].values())), b)[1])
         paths.append(write_results_table(out / key, spec.get("title", key) + " (miniature: face world)", table,
@@ -138,22 +194,31 @@ CHAPTER3_SPECS = (  # (paper table key, dataset result key, our methods)
     ("table_3_3_refcocog", "refcocog", ("RGBNet", "ZNet", "LD-ZNet")),
     ("table_3_4", "phrasecut", ("LD-ZNet with concatenation", "LD-ZNet")),
 )
+ALIASES = {"LD-ZNet with cross-attention": "LD-ZNet"}  # table name -> the name in the stage results
 
 
-def segmentation_tables(result: Mapping, out: Path) -> tuple[list[Path], dict]:
+def segmentation_tables(result: Mapping, out: Path, floors: Mapping | None = None) -> tuple[list[Path], dict]:
     paper = _load_yaml(EXPERIMENTS_ROOT / "chapter3" / "paper_tables.yaml")
+    floor_results = (floors or {}).get("floors", {})
     paths, rows_by_table = [], {}
     for key, dataset, methods in CHAPTER3_SPECS:
+        TABLE_SPECS[key] = {"stage": "ldznet", "floor_stage": "floors_segmentation", "benchmark": dataset,
+                            "floors": [ALL_FOREGROUND, IMAGE_ONLY], "per_image_metric": "iou_curves"}
         spec = paper.get(key, {})
         columns = list(spec.get("columns", ["mIoU", "IoU_FG", "AP"]))
         metric_keys = {c: (f"{m}_best" if m != "ap" else "ap") for c, m in spec.get("metrics", {}).items()}
+        metric_keys = {c: metric_keys.get(c, SEGMENTATION_COLUMN_KEYS.get(c, c)) for c in columns}
         table = []
         for method in methods:
-            values = _seed_values(result, lambda s, d=dataset, m=method, keys=metric_keys, cols=columns: {
+            seeds, values = _seeded(result, lambda s, d=dataset, m=method, keys=metric_keys, cols=columns: {
                 column: s["results"][d]["metrics"][m][keys[column]] for column in cols})
             if values:
                 name = "LD-ZNet with cross-attention" if key == "table_3_4" and method == "LD-ZNet" else method
-                table.append({"method": name, **aggregate(values, columns)})
+                table.append({"method": name, **aggregate(values, columns, seeds)})
+        for name, by_seed in floor_results.get(dataset, {}).items():
+            seeds = sorted(by_seed)
+            per_seed = [{c: by_seed[s][metric_keys[c]] for c in columns} for s in seeds]
+            table.append(_floor_row(name, per_seed, columns, seeds))
         rows_by_table[key] = {row["method"]: row for row in table}
         protocol = _seed_values(result, lambda s, d=dataset: s["results"][d]["protocol"])
         paths.append(write_results_table(out / key, spec.get("title", key) + " (miniature: shape world)", table,
@@ -161,27 +226,109 @@ def segmentation_tables(result: Mapping, out: Path) -> tuple[list[Path], dict]:
                                                    for r in spec.get("rows", [])],
                                          protocol=protocol[0] if protocol else None, digits=1,
                                          notes=f"Ours: mean ± std over {len(result.get('seeds', {}))} seed(s); "
-                                               "mIoU and IoU_FG are the best over the 0.02-spaced threshold sweep, "
-                                               "so a prompt-blind model that marks everything as foreground "
-                                               "scores the mean foreground fraction (large in the shape world: "
-                                               "sky, grass, water, sand); AP does not reward that."))
+                                               "mIoU and IoU_FG are the best over the 0.02-spaced threshold sweep. "
+                                               "Floors: all foreground (scores the mean foreground fraction, "
+                                               "large in the shape world: sky, grass, water, sand; AP 0) and an "
+                                               "image-only model (same class and training, one fixed phrase: "
+                                               "what the image alone gives)."))
     return paths, rows_by_table
+
+
+# ------------------------------------------------------------------------------------------- noise
+
+class PerImage:
+    """Per-image values of every row (the floor stages' per_image.npz) and bootstrap SEs of paired margins."""
+
+    def __init__(self, arrays: Mapping[str, Any] | None = None, resamples: int = 500) -> None:
+        self.arrays = dict(arrays or {})
+        self.resamples = resamples
+        self._cache: dict[tuple, float] = {}
+
+    @classmethod
+    def from_status(cls, status: Mapping) -> PerImage:
+        from demo.per_image import load_per_image
+
+        arrays = {}
+        for stage in ("floors_depth", "floors_faces", "floors_segmentation"):
+            path = status.get(stage, {}).get("result", {}).get("per_image") if _ok(status, stage) else None
+            if path and Path(path).is_file():
+                arrays.update(load_per_image(path))
+        return cls(arrays)
+
+    def values(self, row: str, seed: str, benchmark: str, metric: str):
+        row = ALIASES.get(row, row)
+        for label in (seed, CONSTANT):
+            found = self.arrays.get(f"{row}|{label}|{benchmark}|{metric}")
+            if found is not None:
+                return found
+        return None
+
+    def margin_se(self, a: str, b: str, seeds: Sequence[str], benchmark: str, metric: str) -> float | None:
+        """Root mean square over seeds of the bootstrap SE of statistic(a) - statistic(b) (same images)."""
+        key = (a, b, tuple(seeds), benchmark, metric)
+        if key not in self._cache:
+            statistic = miou_best_statistic if metric == "iou_curves" else mean_statistic
+            ses = []
+            for seed in seeds:
+                x, y = self.values(a, seed, benchmark, metric), self.values(b, seed, benchmark, metric)
+                if x is not None and y is not None and x.shape == y.shape:
+                    ses.append(bootstrap_se(x, y, statistic, self.resamples, seed=len(ses)))
+            finite = [s for s in ses if math.isfinite(s)]
+            self._cache[key] = math.sqrt(sum(s * s for s in finite) / len(finite)) if finite else None
+        return self._cache[key]
 
 
 # ------------------------------------------------------------------------------------------------ claims
 
-def compare(better: Mapping | None, worse: Mapping | None, metric: str) -> dict:
-    """Claim 'better beats worse' on `metric`: margin = improvement (positive = the claim holds)."""
-    if not better or not worse or metric not in better or metric not in worse:
+def _by_seed(row: Mapping, metric: str) -> dict[str, float]:
+    cell = row.get(metric) or {}
+    return dict(zip(cell.get("seeds", []), cell.get("values", [])))
+
+
+def floor_check(table: Mapping, row: str, metric: str, floors: Sequence[str], noise: PerImage, spec: Mapping) -> dict:
+    """Whether `row` beats every floor row of its table on `metric` (demo.verdicts.beats_floor)."""
+    present = [f for f in floors if f in table and metric in table[f]]
+    if not present:
+        return {"beats": None, "detail": "no floor row (floor stage not run)"}
+    model = _by_seed(table[row], metric)
+    checks = {}
+    for floor in present:
+        floor_values = _by_seed(table[floor], metric)
+        seeds = [s for s in model if s in floor_values or CONSTANT in floor_values]
+        if not seeds:
+            checks[floor] = {"beats": None, "detail": "no common seed"}
+            continue
+        paired = [floor_values.get(s, floor_values.get(CONSTANT)) for s in seeds]
+        se = noise.margin_se(row, floor, seeds, spec["benchmark"], spec["per_image_metric"])
+        checks[floor] = beats_floor([model[s] for s in seeds], paired, metric, se)
+    states = [c.get("beats") for c in checks.values()]
+    beats = None if any(s is None for s in states) else all(states)
+    return {"beats": beats, "floors": checks}
+
+
+def judge(table: Mapping, better: str, worse: str, metric: str, metrics: Sequence[str], table_key: str,
+          noise: PerImage) -> dict:
+    """The claim 'better beats worse' on the headline `metric` of table `table_key` (demo/verdicts.py)."""
+    spec = TABLE_SPECS.get(table_key, {})
+    b, w = table.get(better), table.get(worse)
+    if not b or not w or metric not in b or metric not in w:
         return {"verdict": "not run", "detail": f"missing rows for {metric}"}
-    b, w = better[metric], worse[metric]
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    margin = sign * (b["mean"] - w["mean"])
-    noise = ((b.get("std") or 0.0) ** 2 + (w.get("std") or 0.0) ** 2) ** 0.5
-    verdict = "reproduced" if margin > 0 else "not reproduced"
-    return {"verdict": verdict, "margin": margin, "noise": noise, "metric": metric,
-            "values": (b["mean"], w["mean"]), "n": min(b.get("n", 1), w.get("n", 1)),
-            "within_noise": bool(noise > 0 and abs(margin) < noise)}
+    bv, wv = _by_seed(b, metric), _by_seed(w, metric)
+    seeds = [s for s in bv if s in wv]
+    if not seeds:
+        return {"verdict": "not run", "detail": "no seed shared by both rows"}
+    evaluation_se = noise.margin_se(better, worse, seeds, spec.get("benchmark", ""), spec.get("per_image_metric", ""))
+    floors = {name: floor_check(table, name, metric, spec.get("floors", []), noise, spec) for name in (better, worse)}
+    result = claim_verdict([bv[s] for s in seeds], [wv[s] for s in seeds], metric,
+                           floors[better]["beats"] is not False, floors[worse]["beats"] is not False, evaluation_se)
+    per_metric = {}
+    for other in metrics:
+        bo, wo = _by_seed(b, other), _by_seed(w, other)
+        common = [s for s in bo if s in wo]
+        if common:
+            per_metric[other] = sum(improvement(bo[s], wo[s], other) for s in common) / len(common)
+    return result | {"metric": metric, "values": (b[metric]["mean"], w[metric]["mean"]), "per_metric": per_metric,
+                     "rows": (better, worse), "floor_checks": floors, "table": table_key}
 
 
 def probe_claim(probe: Mapping) -> dict:
@@ -199,29 +346,11 @@ def probe_claim(probe: Mapping) -> dict:
     outside = sum(rest.values()) / len(rest)
     return {"verdict": "reproduced" if best in region else "not reproduced", "margin": inside - outside,
             "metric": "AP", "values": (inside, outside), "best_cell": best, "best_ap": cells[best], "n": 1,
-            "within_noise": False}
+            "basis": "one probe grid (first seed), no noise estimate: indicative"}
 
 
-def compare_all(better: Mapping | None, worse: Mapping | None, headline: str, metrics: Sequence[str]) -> dict:
-    """The claim on every metric of its table: "reproduced" when all agree, "mixed (k of n)" when some do.
-
-    The margin shown is the headline metric's; `per_metric` holds every margin."""
-    result = compare(better, worse, headline)
-    if result["verdict"] == "not run":
-        return result
-    per_metric = {m: compare(better, worse, m) for m in metrics}
-    per_metric = {m: c for m, c in per_metric.items() if c["verdict"] != "not run"}
-    wins = sum(c["verdict"] == "reproduced" for c in per_metric.values())
-    if wins == len(per_metric):
-        verdict = "reproduced"
-    elif wins == 0:
-        verdict = "not reproduced"
-    else:
-        verdict = f"mixed ({wins} of {len(per_metric)} metrics)"
-    return result | {"verdict": verdict, "per_metric": {m: c["margin"] for m, c in per_metric.items()}}
-
-
-def claims(status: Mapping, depth: dict, faces: dict, seg: dict) -> list[dict]:
+def claims(status: Mapping, depth: dict, faces: dict, seg: dict, noise: PerImage | None = None) -> list[dict]:
+    noise = noise if noise is not None else PerImage()
     out = []
 
     def add(text: str, stage: str, result: dict) -> None:
@@ -229,63 +358,90 @@ def claims(status: Mapping, depth: dict, faces: dict, seg: dict) -> list[dict]:
             result = {"verdict": f"not run: stage {stage} {_why(status, stage)}"}
         out.append({"claim": text, "stage": stage, **result})
 
-    t25, t26 = depth.get("table_2_5", {}), depth.get("table_2_6", {})
-    t21 = depth.get("table_2_1_cap80", {})
+    def claim(tables: dict, key: str, better: str | None, worse: str | None, metric: str,
+              metrics: Sequence[str]) -> dict:
+        if better is None or worse is None:
+            return {"verdict": "not run", "detail": "missing rows"}
+        return judge(tables.get(key, {}), better, worse, metric, metrics, key, noise)
+
     add("SharinGAN beats no SharinGAN (KITTI-layout, cap 50 m; Table 2.5)", "depth",
-        compare_all(t25.get("SharinGAN (proposed)"), t25.get("No SharinGAN, no reconstruction"), "abs_rel",
-                    DEPTH_COLUMNS))
+        claim(depth, "table_2_5", "SharinGAN (proposed)", "No SharinGAN, no reconstruction", "abs_rel",
+              DEPTH_COLUMNS))
     add("SharinGAN beats no SharinGAN (Make3D-style; Table 2.6)", "depth",
-        compare_all(t26.get("SharinGAN (proposed)"), t26.get("No SharinGAN, no reconstruction"), "abs_rel",
-                    MAKE3D_COLUMNS))
+        claim(depth, "table_2_6", "SharinGAN (proposed)", "No SharinGAN, no reconstruction", "abs_rel",
+              MAKE3D_COLUMNS))
     add("SharinGAN beats the all-synthetic baseline (KITTI-layout, cap 80 m; Table 2.1)", "depth",
-        compare_all(t21.get("SharinGAN (proposed)"), t21.get("All synthetic (baseline)"), "abs_rel", DEPTH_COLUMNS))
+        claim(depth, "table_2_1_cap80", "SharinGAN (proposed)", "All synthetic (baseline)", "abs_rel", DEPTH_COLUMNS))
     add("Reconstruction loss helps (KITTI-layout, cap 50 m; Table 2.5)", "depth",
-        compare_all(t25.get("SharinGAN (proposed)"), t25.get("SharinGAN, no reconstruction"), "abs_rel",
-                    DEPTH_COLUMNS))
+        claim(depth, "table_2_5", "SharinGAN (proposed)", "SharinGAN, no reconstruction", "abs_rel", DEPTH_COLUMNS))
     add("Reconstruction loss helps (Make3D-style; Table 2.6)", "depth",
-        compare_all(t26.get("SharinGAN (proposed)"), t26.get("SharinGAN, no reconstruction"), "abs_rel",
-                    MAKE3D_COLUMNS))
-    t23, t24 = faces.get("table_2_3", {}), faces.get("table_2_4", {})
+        claim(depth, "table_2_6", "SharinGAN (proposed)", "SharinGAN, no reconstruction", "abs_rel", MAKE3D_COLUMNS))
+    t23 = faces.get("table_2_3", {})
     ours_face = next((k for k in t23 if k.startswith("SharinGAN")), None)
-    base_face = next((k for k in t23 if not k.startswith("SharinGAN")), None)
+    base_face = next((k for k in t23 if not k.startswith(("SharinGAN", "Floor"))), None)
     add("SharinGAN beats SfSNet on face normals (Photoface-layout; Table 2.3)", "faces",
-        compare_all(t23.get(ours_face), t23.get(base_face), "mae_deg", ["mae_deg", "lt20", "lt25", "lt30"]))
+        claim(faces, "table_2_3", ours_face, base_face, "mae_deg", ["mae_deg", "lt20", "lt25", "lt30"]))
     add("SharinGAN beats SfSNet on lighting (Multi-PIE-layout; Table 2.4)", "faces",
-        compare_all(t24.get(ours_face), t24.get(base_face), "top1", ["top1", "top2", "top3"]))
+        claim(faces, "table_2_4", ours_face, base_face, "top1", ["top1", "top2", "top3"]))
     for key, label, metrics in (("table_3_1", "PhraseCut-layout; Table 3.1", ["mIoU", "IoU_FG", "AP"]),
                                 ("table_3_2", "AIGI-layout; Table 3.2", ["mIoU", "AP"]),
                                 ("table_3_3_refcoco", "RefCOCO-layout; Table 3.3", ["mIoU", "AP"]),
                                 ("table_3_3_refcoco_plus", "RefCOCO+-layout; Table 3.3", ["mIoU", "AP"]),
                                 ("table_3_3_refcocog", "G-Ref-layout; Table 3.3", ["mIoU", "AP"])):
-        table = seg.get(key, {})
-        add(f"ZNet beats RGBNet ({label})", "ldznet", compare_all(table.get("ZNet"), table.get("RGBNet"), "mIoU",
-                                                                  metrics))
-        add(f"LD-ZNet beats ZNet ({label})", "ldznet", compare_all(table.get("LD-ZNet"), table.get("ZNet"), "mIoU",
-                                                                   metrics))
-    t34 = seg.get("table_3_4", {})
+        add(f"ZNet beats RGBNet ({label})", "ldznet", claim(seg, key, "ZNet", "RGBNet", "mIoU", metrics))
+        add(f"LD-ZNet beats ZNet ({label})", "ldznet", claim(seg, key, "LD-ZNet", "ZNet", "mIoU", metrics))
     add("Cross-attention beats concatenation (PhraseCut-layout; Table 3.4)", "ldznet",
-        compare_all(t34.get("LD-ZNet with cross-attention"), t34.get("LD-ZNet with concatenation"), "mIoU",
-                    ["mIoU", "IoU_FG", "AP"]))
+        claim(seg, "table_3_4", "LD-ZNet with cross-attention", "LD-ZNet with concatenation", "mIoU",
+              ["mIoU", "IoU_FG", "AP"]))
     probe = status.get("probe", {}).get("result", {})
     add("Blocks 6-10 at t = 300-500 score best (Fig 3.4: best cell inside; margin = mean AP inside - outside)",
         "probe", probe_claim(probe))
     return out
 
 
-def claim_line(claim: Mapping) -> str:
+def _g(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.3g}"
+
+
+def claim_line(claim: Mapping, study: Mapping[str, str] | None = None) -> str:
     verdict = claim["verdict"]
+    study_cell = f" {study.get(claim['claim'], '–')} |" if study is not None else ""
     if "margin" not in claim:
-        return f"| {claim['claim']} | {verdict} | – |"
+        return f"| {claim['claim']} | {verdict} | – |{study_cell}"
     better, worse = claim["values"]
     extra = f" (best cell: block {claim['best_cell'][0]}, t = {claim['best_cell'][1]}, AP {claim['best_ap']:.1f})" \
         if "best_cell" in claim else ""
-    noise = f" ± {claim['noise']:.3g}" if claim.get("noise") else ""
-    flag = " — within seed noise" if claim.get("within_noise") else ""
+    noise = ""
+    if claim.get("seed_se") is not None:
+        noise += f", seed SE {_g(claim['seed_se'])}"
+    if claim.get("evaluation_se") is not None:
+        noise += f", evaluation SE {_g(claim['evaluation_se'])}"
     others = ""
     if claim.get("per_metric"):
-        others = "; " + ", ".join(f"{m} {v:+.3g}" for m, v in claim["per_metric"].items() if m != claim["metric"])
-    return (f"| {claim['claim']} | **{verdict}**{flag} | {claim['metric']} {claim['margin']:+.3g}{noise} "
-            f"({better:.3g} vs {worse:.3g}, n = {claim.get('n', 1)}){extra}{others} |")
+        others = "; other metrics: " + ", ".join(f"{m} {v:+.3g}" for m, v in claim["per_metric"].items()
+                                                  if m != claim["metric"])
+    flags = f" ({claim['basis']})" if claim.get("basis") else ""
+    if claim.get("not_plateaued"):
+        flags += f"; not plateaued: {', '.join(claim['not_plateaued'])}"
+    return (f"| {claim['claim']} | **{verdict}**{flags} | {claim['metric']} {claim['margin']:+.3g}{noise} "
+            f"({better:.3g} vs {worse:.3g}, n = {claim.get('n', 1)}){extra}{others} |{study_cell}")
+
+
+def floor_lines(claim_list: Sequence[Mapping]) -> list[str]:
+    """One line per (table, trained row): does it beat its floor(s)?"""
+    seen, lines = set(), ["| table | row | beats the floor? | margin over each floor (headline metric) |",
+                          "|---|---|---|---|"]
+    for claim in claim_list:
+        for row, check in (claim.get("floor_checks") or {}).items():
+            key = (claim["table"], row)
+            if key in seen:
+                continue
+            seen.add(key)
+            state = {True: "yes", False: "**no**", None: "–"}[check.get("beats")]
+            margins = "; ".join(f"{name}: {c['margin']:+.3g} ({c['verdict']}, SE {_g(c.get('se'))})"
+                                for name, c in (check.get("floors") or {}).items() if "margin" in c)
+            lines.append(f"| {claim['table']} | {row} | {state} | {margins or check.get('detail', '')} |")
+    return lines if len(lines) > 2 else []
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -303,18 +459,95 @@ def _table_text(paths: Sequence[Path]) -> str:
     return "\n".join(Path(p).read_text() for p in paths)
 
 
-def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = True) -> Path:
+def study_verdicts(path: Path = STUDY_VERDICTS) -> dict | None:
+    """The committed study's machine-readable verdicts ({"claims": {claim: verdict}, ...}), or None."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return data if isinstance(data.get("claims"), dict) else None
+
+
+def _agreement_warnings(status: Mapping) -> list[str]:
+    warnings = []
+    for stage in ("floors_depth", "floors_faces", "floors_segmentation"):
+        for key, metrics in status.get(stage, {}).get("result", {}).get("agreement", {}).items():
+            for metric, pair in metrics.items():
+                table, mean = pair["table"], pair["per_image_mean"]
+                tolerance = 0.02 * abs(table) + 1e-6 if metric == "mae_deg" else 1e-3 * abs(table) + 1e-6
+                if not abs(table - mean) <= tolerance:
+                    warnings.append(f"{key.rstrip('|')} {metric}: table {table:.4g}, per-image {mean:.4g}")
+    return warnings
+
+
+def _code_version() -> str:
+    from common.runs import git_state
+
+    state = git_state()
+    sha = state.get("sha") or "unknown"
+    return f"{sha}{' (uncommitted changes)' if state.get('dirty') else ''}"
+
+
+def _learning_curve_lines(status: Mapping, cfg, root: Path, claim_list: list[dict]) -> list[str]:
+    from demo.study import learning_curves, learning_curves_figure
+
+    plateau = OmegaConf.select(cfg, "study.plateau", default=None) or {}
+    try:
+        curves = learning_curves(status, float(plateau.get("tail", 1 / 3)), float(plateau.get("tolerance", 0.1)))
+    except Exception as error:  # noqa: BLE001 - the report still gets written, saying why
+        return ["## Learning curves", "", f"Not drawn: {type(error).__name__}: {error}", ""]
+    if not curves:
+        return []
+    write_json(root / "learning_curves.json", curves)
+    figure = learning_curves_figure(curves, root / "figures" / "learning_curves.png")
+    lines = ["## Learning curves", "",
+             "Validation metric of every trained row (training loss where a row has no validation), one line per "
+             "seed. Plateau: the best of the 3-point moving mean over the last "
+             f"{float(plateau.get('tail', 1 / 3)):.2f} of the steps improves on the best before it by at most "
+             f"{float(plateau.get('tolerance', 0.1)):.2f} x the curve's range (demo/study.py).", ""]
+    if figure is not None:
+        lines += [f"![learning curves]({figure.relative_to(root).as_posix()})", ""]
+    lines += ["| chapter | row | curve | points | plateaued |", "|---|---|---|---|---|"]
+    flat: dict[str, bool | None] = {}
+    for chapter, rows in curves.items():
+        for row, entry in rows.items():
+            points = ", ".join(str(c["plateau"]["points"]) for c in entry["seeds"].values())
+            state = {True: "yes", False: "**no**", None: "too few points"}[entry["plateaued"]]
+            lines.append(f"| {chapter} | {row} | {entry['tag']} | {points} | {state} |")
+            flat[row] = entry["plateaued"]
+    for claim in claim_list:
+        rows = [ALIASES.get(r, r) for r in claim.get("rows", ())]
+        missing = [r for r in rows if flat.get(r) is False]
+        if missing:
+            claim["not_plateaued"] = missing
+    return lines + [""]
+
+
+def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = True, command: str | None = None) -> Path:
     root = Path(str(cfg.out))
     tables_dir = root / "tables"
+    seeds = int(cfg.seeds)
+    study_mode = OmegaConf.select(cfg, "study.enabled", default=False)
+    command = command or ("python -m demo --study" if study_mode else "python -m demo")
+    study = None if study_mode else study_verdicts()
     lines = ["# The dissertation in miniature", "",
-             f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `python -m demo` "
-             f"(config: seeds = {int(cfg.seeds)}, threads = {int(cfg.threads)}); this run took {seconds:.0f} s "
-             "(cached stages reused). Procedural worlds, tiny networks, minutes of CPU: these numbers test the "
-             "code path and the *direction* of the dissertation's claims, not its values; the paper's numbers "
-             "need the real datasets and weights (docs/demo.md).", "",
-             "## Stages", "",
-             "Wall time depends on the machine's load; CPU time (all threads and worker processes) does not.", "",
-             "| stage | status | wall (s) | CPU (s) | what |", "|---|---|---|---|---|"]
+             f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `{command}` "
+             f"(config: seeds = {seeds}, threads = {int(cfg.threads)}; code version {_code_version()}); this run "
+             f"took {seconds:.0f} s (cached stages reused). Procedural worlds, tiny networks, minutes of CPU: these "
+             "numbers test the code path and the *direction* of the dissertation's claims, not its values; the "
+             "paper's numbers need the real datasets and weights (docs/demo.md).", ""]
+    if seeds < 2:
+        lines += ["**The verdicts below are indicative**: one training seed, so the rule's noise is the evaluation "
+                  "noise only (bootstrap over test images); seed-to-seed variation is not measured. "
+                  + (f"The study (`make demo-study`, {STUDY_REPORT}: {study.get('seeds', '?')} seeds, trained to a "
+                     "plateau) gives the verdicts to cite; they are in the last column."
+                     if study else f"Cite the study's verdicts ({STUDY_REPORT}, `make demo-study`) instead; it has "
+                                   "not been published in this checkout yet."), ""]
+    lines += ["## Stages", "",
+              "Wall time depends on the machine's load; CPU time (all threads and worker processes) does not.", "",
+              "| stage | status | wall (s) | CPU (s) | what |", "|---|---|---|---|---|"]
     totals = [0.0, 0.0]
     for name, entry in status.items():
         seconds_run = entry.get("seconds") if entry.get("seconds") is not None else entry.get("ran_seconds")
@@ -328,31 +561,51 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     lines.append(f"| all stages | | {totals[0]:.0f} | {totals[1]:.0f} | |")
     depth_rows, face_rows, seg_rows = {}, {}, {}
     sections = []
+
+    def floors_of(stage: str) -> Mapping | None:
+        return status[stage]["result"] if _ok(status, stage) else None
+
     if _ok(status, "depth"):
-        paths, depth_rows = depth_tables(status["depth"]["result"], tables_dir)
+        paths, depth_rows = depth_tables(status["depth"]["result"], tables_dir, floors_of("floors_depth"))
         sections += ["## Chapter 2: monocular depth (§2.3.1)", "", _table_text(paths)]
     else:
         sections += ["## Chapter 2: monocular depth (§2.3.1)", "", f"Not run: {_why(status, 'depth')}.", ""]
     if _ok(status, "faces"):
-        paths, face_rows = face_tables(status["faces"]["result"], tables_dir)
+        paths, face_rows = face_tables(status["faces"]["result"], tables_dir, floors_of("floors_faces"))
         sections += ["## Chapter 2: face normals and lighting (§2.3.2)", "", _table_text(paths)]
     else:
         sections += ["## Chapter 2: face normals and lighting (§2.3.2)", "", f"Not run: {_why(status, 'faces')}.", ""]
     if _ok(status, "ldznet"):
-        paths, seg_rows = segmentation_tables(status["ldznet"]["result"], tables_dir)
+        paths, seg_rows = segmentation_tables(status["ldznet"]["result"], tables_dir, floors_of("floors_segmentation"))
         sections += ["## Chapter 3: text-based segmentation (§3.4)", "", _table_text(paths)]
     else:
         sections += ["## Chapter 3: text-based segmentation (§3.4)", "", f"Not run: {_why(status, 'ldznet')}.", ""]
     if _ok(status, "tiny_ldm"):
         t = status["tiny_ldm"]["result"]
         sections += ["### The tiny LDM (stand-in for Stable Diffusion v1.4)", "", tiny_ldm_summary(t), ""]
-    claim_list = claims(status, depth_rows, face_rows, seg_rows)
+    claim_list = claims(status, depth_rows, face_rows, seg_rows, PerImage.from_status(status))
+    curve_lines = _learning_curve_lines(status, cfg, root, claim_list)
+    study_column = study.get("claims", {}) if study else None
     lines += ["", "## The dissertation's claims on the miniature", "",
-              "Each claim is checked on every metric of its table: *reproduced* when all agree, *mixed (k of n)* "
-              "when some do. Margin = improvement of the claimed-better method (positive = the claim holds), "
-              "mean over seeds, ± the seeds' combined std when more than one seed ran; the headline metric "
-              "first (with both values), then the others.", "",
-              "| claim | verdict | margin |", "|---|---|---|"] + [claim_line(c) for c in claim_list] + [""]
+              "Rule (demo/verdicts.py): margin = improvement of the claimed-better method on the headline metric, "
+              f"paired by training seed; **{REPRODUCED}** when the mean margin exceeds two standard errors of the "
+              f"paired differences, **{CONTRADICTED}** when it is below minus two, **{INCONCLUSIVE}** otherwise "
+              "(with one seed the standard error is the evaluation noise: a bootstrap over test images of the "
+              "paired margin). A claim whose models do not both beat their table's sanity floor is "
+              "**untestable here**. The other metrics' mean margins are shown for information.", "",
+              "| claim | verdict | margin |" + (" study verdict |" if study_column is not None else ""),
+              "|---|---|---|" + ("---|" if study_column is not None else "")]
+    lines += [claim_line(c, study_column) for c in claim_list] + [""]
+    floors_table = floor_lines(claim_list)
+    lines += ["## Sanity floors", "",
+              "Each trained row against its table's floor rows (same evaluation code, demo/floors.py), by the same "
+              "rule: it *beats* a floor when its paired margin over the floor is reproduced.", ""]
+    lines += floors_table + [""] if floors_table else ["No floor rows (the floor stages did not run).", ""]
+    warnings = _agreement_warnings(status)
+    if warnings:
+        lines += ["**Per-image values disagree with the tables** (the bootstrap may not describe these numbers):", ""]
+        lines += [f"- {w}" for w in warnings] + [""]
+    lines += curve_lines
     lines += sections
     if figures:
         from demo.figures import make_all
@@ -371,6 +624,28 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
               "Photoface, Multi-PIE, PhraseCut, AIGI, RefCOCO and Stable Diffusion v1.4 weights, with the full "
               "configs (`make chapter2-depth`, `make chapter2-normals`, `make chapter3`). See docs/demo.md.", ""]
     write_json(root / "claims.json", claim_list)
+    write_json(root / "verdicts.json", {
+        "command": command, "code_version": _code_version(), "seeds": seeds, "first_seed": int(cfg.seed),
+        "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "claims": {c["claim"]: c["verdict"] for c in claim_list},
+        "margins": {c["claim"]: {k: c.get(k) for k in ("metric", "margin", "se", "evaluation_se", "n", "basis")}
+                    for c in claim_list if "margin" in c}})
     path = root / "REPORT.md"
     write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs") -> list[Path]:
+    """Copy a study's REPORT.md, verdicts.json and figures to docs/demo-study.md, docs/demo-study.json and
+    docs/demo-study/ (figure links rewritten), for committing."""
+    out, docs = Path(out), Path(docs)
+    figures = docs / "demo-study"
+    if figures.exists():
+        shutil.rmtree(figures)
+    figures.mkdir(parents=True)
+    for png in sorted((out / "figures").glob("*.png")):
+        shutil.copy2(png, figures / png.name)
+    text = (out / "REPORT.md").read_text().replace("](figures/", "](demo-study/")
+    write_text(docs / "demo-study.md", text)
+    write_json(docs / "demo-study.json", json.loads((out / "verdicts.json").read_text()))
+    return [docs / "demo-study.md", docs / "demo-study.json", *sorted(figures.glob("*.png"))]

@@ -4,7 +4,9 @@ Each stage has a name, a config (plain data) and the stages it needs. Its key is
 of its upstream stages' keys and of the source of the code it names (`Stage.code`), so changing one idea,
 in a YAML file or in the chapter code, re-runs that stage and everything after it, and nothing else. On
 success the stage writes ``<out>/<name>/DONE.json`` (key, config, result, wall and CPU seconds); a second
-run with the same key skips it (``--force`` re-runs everything, ``--only NAME`` one stage).
+run with the same key skips it (``--force`` re-runs everything, ``--only NAME`` one stage). Inside a stage,
+`StageContext.cached` caches parts (one per training seed) under the same key, so an interrupted stage
+resumes at its first unfinished seed (``STARTED.json`` holds the key of the attempt).
 
 A stage whose chapter code is missing is *not run*, with the reason (the missing module); a stage that
 raises is *failed*, with the error and the traceback in ``<out>/<name>/FAILED.json``; stages that need
@@ -59,9 +61,28 @@ class StageContext:
     config: Any
     results: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # results of the stages it needs
     options: Mapping[str, Any] = field(default_factory=dict)
+    key: str = ""  # the stage key (parts cached with another key are re-run)
 
     def path_of(self, stage: str) -> Path:
         return self.root / stage
+
+    def cached(self, part: str, compute: Callable[[Path], Mapping[str, Any]]) -> dict:
+        """Run `compute(<out_dir>/<part>)` once per stage key (e.g. one training seed) and reuse its result in
+        a later attempt of the same stage: a stage killed after two of three seeds resumes at the third.
+        A part folder without its `PART_DONE.json` (interrupted) is removed and run again."""
+        folder = self.out_dir / part
+        marker = folder / "PART_DONE.json"
+        previous = read_marker(marker)
+        if previous and previous.get("key") == self.key:
+            tqdm.write(f"[demo] {self.name}/{part}: reused (finished in an earlier attempt)")
+            return dict(previous.get("result", {}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        start = time.perf_counter()
+        result = dict(compute(folder) or {})
+        write_json(marker, {"key": self.key, "result": result, "seconds": time.perf_counter() - start})
+        return result
 
 
 def plain(config: Any) -> Any:
@@ -178,11 +199,16 @@ class StageRunner:
                                "ran_seconds": previous.get("seconds"), "cpu_seconds": previous.get("cpu_seconds"),
                                "reason": "stale (config or code changed since it ran), reused because of --only"}
             return base | {"status": NOT_RUN, "reason": "not selected (--only) and no cached result"}
-        if out_dir.exists():
+        started = read_marker(out_dir / "STARTED.json")
+        resuming = bool(started and started.get("key") == key and not self.force)
+        if out_dir.exists() and not resuming:  # a partial attempt with the same key keeps its finished parts
             shutil.rmtree(out_dir)
-        out_dir.mkdir(parents=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("FAILED.json", "NOT_RUN.json"):
+            (out_dir / stale).unlink(missing_ok=True)
+        write_json(out_dir / "STARTED.json", {"key": key})
         context = StageContext(stage.name, out_dir, self.root, stage.config,
-                               {need: results[need] for need in stage.needs}, stage.options)
+                               {need: results[need] for need in stage.needs}, stage.options, key=key)
         start, cpu_start = time.perf_counter(), cpu_seconds()
         try:
             result = dict(stage.run(context) or {})

@@ -20,11 +20,36 @@ def test_demo_quick_end_to_end_then_cached(tmp_path):
     for table in ("Table 2.1", "Table 2.2", "Table 2.3", "Table 2.4", "Table 2.5", "Table 2.6", "Table 3.1",
                   "Table 3.2", "Table 3.3", "Table 3.4", "Fig 3.4"):
         assert table in report, table
+    assert "Floor: per-pixel mean training depth" in report and "Floor: all foreground" in report
+    assert "Floor: image only (prompt ignored)" in report and "Floor: frontal normal" in report
+    assert "**The verdicts below are indicative**" in report and "## Sanity floors" in report
     claims = json.loads((out / "claims.json").read_text())
     assert len(claims) >= 12
-    assert all(c["verdict"] in ("reproduced", "not reproduced") or c["verdict"].startswith("mixed") for c in claims)
+    rule = {"reproduced", "contradicted", "inconclusive", "untestable here"}
+    assert all(c["verdict"] in rule for c in claims if c["stage"] != "probe"), [c["verdict"] for c in claims]
+    assert all("evaluation_se" in c and "floor_checks" in c for c in claims if c["stage"] != "probe")
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert verdicts["seeds"] == 1 and set(verdicts["claims"]) == {c["claim"] for c in claims}
     assert (out / "tiny_ldm" / "stable_diffusion" / "unet" / "config.json").is_file()
     # a second run reuses every finished stage
     assert main(["--quick", "--out", str(out)]) == 0
     again = json.loads((out / "stages.json").read_text())
     assert {entry["status"] for entry in again.values()} == {"cached"}
+
+
+@pytest.mark.slow
+def test_demo_study_quick_has_curves_seeds_and_machine_readable_verdicts(tmp_path):
+    out = tmp_path / "study"
+    assert main(["--study", "--quick", "--out", str(out)]) == 0
+    status = json.loads((out / "stages.json").read_text())
+    assert {entry["status"] for entry in status.values()} == {"done"}, status
+    assert sorted(status["depth"]["result"]["seeds"]) == ["0", "1"]  # two seeds, each cached on its own
+    assert (out / "depth" / "seed1" / "PART_DONE.json").is_file()
+    report = (out / "REPORT.md").read_text()
+    assert "## Learning curves" in report and (out / "figures" / "learning_curves.png").is_file()
+    curves = json.loads((out / "learning_curves.json").read_text())
+    assert {"depth", "faces", "ldznet"} <= set(curves)
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert verdicts["seeds"] == 2 and "--study" in verdicts["command"] and verdicts["code_version"]
+    paired = [c for c in json.loads((out / "claims.json").read_text()) if c.get("n") == 2 and "seed_se" in c]
+    assert paired and all(c["seed_se"] is not None for c in paired)

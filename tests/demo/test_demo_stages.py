@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from demo.report import aggregate, compare, compare_all, probe_claim
+from demo.report import TABLE_SPECS, PerImage, aggregate, claim_line, floor_lines, judge, probe_claim
 from demo.stages import CACHED, DONE, FAILED, NOT_RUN, Stage, StageNotRunnable, StageRunner, stage_key
 
 
@@ -111,17 +112,47 @@ def test_rerun_removes_stale_outputs(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- report
 
-def test_aggregate_and_compare_directions():
-    low = aggregate([{"abs_rel": 0.1}, {"abs_rel": 0.2}], ["abs_rel", "rmse"])
-    high = aggregate([{"abs_rel": 0.3}, {"abs_rel": 0.3}], ["abs_rel"])
+def test_aggregate_keeps_values_by_seed():
+    low = aggregate([{"abs_rel": 0.1}, {"abs_rel": 0.2}], ["abs_rel", "rmse"], seeds=["0", "1"])
     assert low["abs_rel"]["mean"] == pytest.approx(0.15) and "rmse" not in low
-    claim = compare(low, high, "abs_rel")  # lower abs_rel is better
-    assert claim["verdict"] == "reproduced" and claim["margin"] == pytest.approx(0.15)
-    assert compare(high, low, "abs_rel")["verdict"] == "not reproduced"
-    miou_good, miou_bad = aggregate([{"mIoU": 50.0}], ["mIoU"]), aggregate([{"mIoU": 40.0}], ["mIoU"])
-    assert compare(miou_good, miou_bad, "mIoU")["margin"] == pytest.approx(10.0)
-    assert compare(miou_good, miou_good, "mIoU")["verdict"] == "not reproduced"  # a tie is not a win
-    assert compare(None, miou_bad, "mIoU")["verdict"] == "not run"
+    assert low["abs_rel"]["values"] == [0.1, 0.2] and low["abs_rel"]["seeds"] == ["0", "1"]
+    assert aggregate([{"mIoU": 50.0}], ["mIoU"])["mIoU"]["std"] is None
+
+
+def _table(rows: dict, seeds=("0", "1", "2")) -> dict:
+    return {name: {"method": name, **aggregate([{"mIoU": v} for v in values], ["mIoU"],
+                                               seeds if len(values) > 1 else ["-"])}
+            for name, values in rows.items()}
+
+
+def test_judge_pairs_by_seed_and_respects_floors():
+    TABLE_SPECS["t"] = {"benchmark": "b", "floors": ["Floor: all foreground"], "per_image_metric": "iou_curves"}
+    table = _table({"ZNet": [50.0, 52.0, 51.0], "RGBNet": [45.0, 46.0, 44.0], "Floor: all foreground": [40.0]})
+    claim = judge(table, "ZNet", "RGBNet", "mIoU", ["mIoU"], "t", PerImage())
+    # margins 5, 6, 7: mean 6, SE 1 / sqrt(3) -> reproduced; both rows beat the constant floor
+    assert claim["verdict"] == "reproduced" and claim["margin"] == pytest.approx(6.0)
+    assert claim["seed_se"] == pytest.approx(1 / 3 ** 0.5)
+    assert all(check["beats"] for check in claim["floor_checks"].values())
+    # RGBNet below the all-foreground floor: the claim cannot be tested here
+    table = _table({"ZNet": [50.0, 52.0, 51.0], "RGBNet": [39.0, 38.0, 39.5], "Floor: all foreground": [40.0]})
+    claim = judge(table, "ZNet", "RGBNet", "mIoU", ["mIoU"], "t", PerImage())
+    assert claim["verdict"] == "untestable here" and claim["floor_checks"]["RGBNet"]["beats"] is False
+    line = claim_line(claim | {"claim": "ZNet beats RGBNet"}, {"ZNet beats RGBNet": "inconclusive"})
+    assert "**untestable here**" in line and line.endswith("inconclusive |")
+    assert any("RGBNet | **no**" in text for text in floor_lines([claim | {"claim": "c"}]))
+    assert judge(table, "ZNet", "LD-ZNet", "mIoU", ["mIoU"], "t", PerImage())["verdict"] == "not run"
+
+
+def test_judge_single_seed_uses_the_bootstrap_over_images():
+    TABLE_SPECS["t1"] = {"benchmark": "b", "floors": [], "per_image_metric": "abs_rel"}
+    rng = np.random.default_rng(1)
+    shared = rng.uniform(0.1, 0.5, 200)
+    noise = PerImage({"A|0|b|abs_rel": shared, "B|0|b|abs_rel": shared + 0.05 + rng.normal(0, 0.01, 200)})
+    table = {"A": {"abs_rel": {"mean": 0.3, "values": [0.3], "seeds": ["0"]}},
+             "B": {"abs_rel": {"mean": 0.35, "values": [0.35], "seeds": ["0"]}}}
+    claim = judge(table, "A", "B", "abs_rel", ["abs_rel"], "t1", noise)
+    # the paired per-image SE is about 0.01 / sqrt(200) = 0.0007, far below the 0.05 margin
+    assert claim["verdict"] == "reproduced" and claim["evaluation_se"] < 0.002 and "indicative" in claim["basis"]
 
 
 def test_probe_claim_region():
@@ -133,12 +164,31 @@ def test_probe_claim_region():
     assert claim["verdict"] == "not reproduced" and claim["best_cell"] == (2, 100)
 
 
-def test_compare_all_reports_mixed_claims():
-    ours = aggregate([{"abs_rel": 0.1, "a1": 0.7}], ["abs_rel", "a1"])
-    theirs = aggregate([{"abs_rel": 0.2, "a1": 0.8}], ["abs_rel", "a1"])
-    claim = compare_all(ours, theirs, "abs_rel", ["abs_rel", "a1"])
-    assert claim["verdict"] == "mixed (1 of 2 metrics)" and claim["margin"] == pytest.approx(0.1)
-    assert claim["per_metric"]["a1"] == pytest.approx(-0.1)
-    better = aggregate([{"abs_rel": 0.1, "a1": 0.9}], ["abs_rel", "a1"])
-    assert compare_all(better, theirs, "abs_rel", ["abs_rel", "a1"])["verdict"] == "reproduced"
-    assert compare_all(theirs, better, "abs_rel", ["abs_rel", "a1"])["verdict"] == "not reproduced"
+def test_an_interrupted_stage_resumes_at_its_first_unfinished_seed(tmp_path):
+    calls, kill = [], [True]
+
+    def per_seed(ctx):
+        out = {}
+        for seed in (0, 1, 2):
+            def part(folder, seed=seed):
+                calls.append(seed)
+                if seed == 1 and kill:
+                    kill.clear()
+                    raise RuntimeError("killed during seed 1")
+                (folder / "weights.txt").write_text(str(seed))
+                return {"seed": seed}
+
+            out[str(seed)] = ctx.cached(f"seed{seed}", part)
+        return out
+
+    stages = [Stage("chapter", per_seed, {"x": 1})]
+    first = StageRunner(tmp_path, progress=False).run(stages)
+    assert first["chapter"]["status"] == FAILED and calls == [0, 1]
+    second = StageRunner(tmp_path, progress=False).run(stages)
+    assert second["chapter"]["status"] == DONE and calls == [0, 1, 1, 2]  # seed 0 reused
+    assert second["chapter"]["result"] == {"0": {"seed": 0}, "1": {"seed": 1}, "2": {"seed": 2}}
+    assert not (tmp_path / "chapter" / "FAILED.json").exists()
+    calls.clear()
+    changed = [Stage("chapter", per_seed, {"x": 2})]  # another key: no part is reused
+    StageRunner(tmp_path, progress=False).run(changed)
+    assert calls == [0, 1, 2]

@@ -1,0 +1,111 @@
+"""The miniature's verdict rule (demo/verdicts.py) and plateau criterion (demo/study.py) on hand-worked numbers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from demo.study import moving_mean, plateau
+from demo.verdicts import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    REPRODUCED,
+    UNTESTABLE,
+    beats_floor,
+    bootstrap_se,
+    claim_verdict,
+    decide,
+    improvement,
+    miou_best_statistic,
+    paired_margins,
+    standard_error,
+)
+
+
+def test_direction_of_each_metric():
+    assert improvement(0.10, 0.13, "abs_rel") == pytest.approx(0.03)  # lower error is better
+    assert improvement(20.0, 25.0, "mae_deg") == pytest.approx(5.0)
+    assert improvement(0.8, 0.7, "a1") == pytest.approx(0.1)  # higher accuracy is better
+    assert improvement(40.0, 45.0, "mIoU") == pytest.approx(-5.0)
+    assert improvement(30.0, 20.0, "top1") == pytest.approx(10.0)
+
+
+def test_paired_margins_and_standard_error_by_hand():
+    # abs_rel per seed: ours (0.10, 0.12, 0.11), theirs (0.13, 0.15, 0.12) -> margins 0.03, 0.03, 0.01
+    margins = paired_margins([0.10, 0.12, 0.11], [0.13, 0.15, 0.12], "abs_rel")
+    assert margins == pytest.approx([0.03, 0.03, 0.01])
+    # mean 0.02333, sample std sqrt(((1/150)^2 * 2 + (2/150)^2) / 2) = 0.011547, SE = 0.011547 / sqrt(3) = 0.0066667
+    assert standard_error(margins) == pytest.approx(0.0066667, rel=1e-4)
+    assert standard_error([0.5]) is None
+    with pytest.raises(ValueError, match="one value per seed"):
+        paired_margins([1.0, 2.0], [1.0], "mIoU")
+
+
+def test_three_outcomes():
+    # margins 0.3, 0.1, 0.2: mean 0.2, SE 0.1 / sqrt(3) = 0.0577, 2 SE = 0.115 < 0.2 -> reproduced
+    result = decide([0.3, 0.1, 0.2])
+    assert result["verdict"] == REPRODUCED and result["margin"] == pytest.approx(0.2)
+    assert result["se"] == pytest.approx(0.1 / math.sqrt(3)) and result["n"] == 3
+    assert decide([-0.3, -0.1, -0.2])["verdict"] == CONTRADICTED
+    # margins 0.3, -0.1, 0.1: mean 0.1, SE 0.2 / sqrt(3) = 0.1155, 2 SE = 0.231 > 0.1 -> inconclusive
+    assert decide([0.3, -0.1, 0.1])["verdict"] == INCONCLUSIVE
+    # the seed SE is the rule's noise even when the evaluation noise is larger (it is reported beside)
+    assert decide([0.3, 0.1, 0.2], evaluation_se=1.0)["verdict"] == REPRODUCED
+
+
+def test_single_seed_uses_evaluation_noise_and_is_indicative():
+    assert decide([0.2], evaluation_se=0.05)["verdict"] == REPRODUCED  # 0.2 > 2 x 0.05
+    one = decide([0.2], evaluation_se=0.15)  # 0.2 < 0.3
+    assert one["verdict"] == INCONCLUSIVE and "indicative" in one["basis"]
+    assert decide([-0.2], evaluation_se=0.05)["verdict"] == CONTRADICTED
+    assert decide([0.2])["verdict"] == INCONCLUSIVE  # no noise estimate at all
+
+
+def test_untestable_when_a_model_does_not_beat_its_floor():
+    claim = claim_verdict([50.0, 52.0, 51.0], [40.0, 41.0, 40.5], "mIoU", better_beats_floor=True,
+                          worse_beats_floor=False)
+    assert claim["verdict"] == UNTESTABLE and claim["rule_verdict"] == REPRODUCED
+    assert claim["margin"] == pytest.approx(10.5) and "claimed-worse model does not" in claim["basis"]
+    assert claim_verdict([50.0, 52.0, 51.0], [40.0, 41.0, 40.5], "mIoU")["verdict"] == REPRODUCED
+
+
+def test_beats_floor_pairs_seeds_and_repeats_a_constant_floor():
+    # a constant floor (one value) against three seeds: margins 0.05, 0.07, 0.06 (abs_rel, lower better)
+    result = beats_floor([0.25, 0.23, 0.24], [0.30], "abs_rel")
+    assert result["beats"] and result["margins"] == pytest.approx([0.05, 0.07, 0.06])
+    # an image-only floor trained per seed is paired seed by seed; here it wins on average
+    assert not beats_floor([30.0, 31.0, 29.0], [31.0, 32.0, 30.5], "mIoU")["beats"]
+
+
+def test_bootstrap_se_of_a_mean_and_of_a_paired_difference():
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.0, 1.0, 400)
+    # SE of a mean of 400 unit-variance values is 1 / 20 = 0.05
+    assert bootstrap_se(values, resamples=2000) == pytest.approx(0.05, rel=0.15)
+    # a paired difference with a shared per-image component has the noise of the difference only
+    shared = rng.normal(0.0, 10.0, 400)
+    a, b = shared + rng.normal(0.0, 1.0, 400), shared + rng.normal(0.0, 1.0, 400)
+    assert bootstrap_se(a, b, resamples=2000) == pytest.approx(math.sqrt(2) / 20, rel=0.15)
+    assert bootstrap_se(a, b, resamples=200) < bootstrap_se(a, resamples=200) / 5
+    with pytest.raises(ValueError, match="differ in shape"):
+        bootstrap_se(a, b[:10])
+
+
+def test_miou_best_statistic_is_the_max_of_the_mean_curve():
+    curves = np.array([[0.2, 0.6, 0.1], [0.4, 0.2, 0.1]])  # mean curve 0.3, 0.4, 0.1
+    assert miou_best_statistic(curves) == pytest.approx(40.0)
+
+
+def test_plateau_criterion():
+    steps = np.arange(10) * 10.0
+    flat = [0.5, 0.3, 0.2, 0.15, 0.14, 0.14, 0.14, 0.14, 0.14, 0.14]  # abs_rel, lower is better
+    assert plateau(steps, flat, lower_better=True)["plateaued"] is True
+    still_falling = [0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05]
+    result = plateau(steps, still_falling, lower_better=True)
+    assert result["plateaued"] is False and result["gain"] > 0.1 * result["span"]
+    rising = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0]  # mIoU still rising
+    assert plateau(steps, rising, lower_better=False)["plateaued"] is False
+    assert plateau(steps[:3], rising[:3], lower_better=False)["plateaued"] is None  # too few points
+    assert moving_mean(np.array([0.0, 3.0, 6.0, 9.0])) == pytest.approx([0.0, 3.0, 6.0, 9.0])
