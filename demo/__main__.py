@@ -30,6 +30,8 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
                         help="train to a plateau with 3 seeds (experiments/demo/study.yaml, runs/demo-study)")
     parser.add_argument("--publish", action="store_true",
                         help="with --study: copy the report to docs/demo-study.md, docs/demo-study.json")
+    parser.add_argument("--compare-verdicts", nargs=2, metavar=("A.json", "B.json"),
+                        help="list claims reproduced in one verdicts.json and contradicted in the other; exit 1 if any")
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds per chapter stage")
     parser.add_argument("--out", default=None, help="output folder (default runs/demo, runs/demo-quick)")
@@ -45,6 +47,15 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
+    if args.compare_verdicts:
+        import json
+
+        from demo.verdicts import verdict_flips
+
+        first, second = (json.loads(open(path).read())["claims"] for path in args.compare_verdicts)
+        flips = verdict_flips(first, second)
+        print(f"{len(flips)} claim(s) flip between reproduced and contradicted" + "".join(f"\n  {c}" for c in flips))
+        return 1 if flips else 0
     if args.publish and not args.study:
         raise SystemExit("--publish goes with --study (it publishes the study's report)")
     names = {(False, False): "demo.yaml", (True, False): "quick.yaml", (False, True): "study.yaml",

@@ -144,3 +144,11 @@ def bootstrap_se(values: np.ndarray, other: np.ndarray | None = None,
         index = rng.integers(0, n, n)
         draws[r] = statistic(values[index]) - (statistic(other[index]) if other is not None else 0.0)
     return float(np.std(draws, ddof=1))
+
+
+def verdict_flips(first: dict[str, str], second: dict[str, str]) -> list[str]:
+    """Claims reproduced in one study and contradicted in the other (the study's stability check: a second
+    study with other seeds must give none). `first`, `second`: {claim: verdict} (verdicts.json "claims")."""
+    opposite = {REPRODUCED: CONTRADICTED, CONTRADICTED: REPRODUCED}
+    return sorted(claim for claim, verdict in first.items()
+                  if verdict in opposite and second.get(claim) == opposite[verdict])

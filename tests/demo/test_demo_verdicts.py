@@ -21,6 +21,7 @@ from demo.verdicts import (
     miou_best_statistic,
     paired_margins,
     standard_error,
+    verdict_flips,
 )
 
 
@@ -109,3 +110,10 @@ def test_plateau_criterion():
     assert plateau(steps, rising, lower_better=False)["plateaued"] is False
     assert plateau(steps[:3], rising[:3], lower_better=False)["plateaued"] is None  # too few points
     assert moving_mean(np.array([0.0, 3.0, 6.0, 9.0])) == pytest.approx([0.0, 3.0, 6.0, 9.0])
+
+
+def test_verdict_flips_only_counts_reproduced_against_contradicted():
+    first = {"a": REPRODUCED, "b": CONTRADICTED, "c": REPRODUCED, "d": INCONCLUSIVE, "e": REPRODUCED}
+    second = {"a": CONTRADICTED, "b": REPRODUCED, "c": INCONCLUSIVE, "d": CONTRADICTED, "e": UNTESTABLE}
+    assert verdict_flips(first, second) == ["a", "b"]
+    assert verdict_flips(first, first) == []
