@@ -7,11 +7,14 @@ log_every_n_steps, ...). Added here:
   the end: a callback that also monitors a metric would defer its step saves until the metric exists), and
   `best.ckpt` from a second callback when a metric to `monitor` is given;
 - every checkpoint written atomically (`common.resilience.AtomicCheckpointIO`).
-Several GPUs get DDP through Lightning's own strategy; nothing here launches processes by hand.
+Several GPUs get DDP through Lightning's own strategy; nothing here launches processes by hand. Processes
+started by torchrun, SLURM (`srun`) or Lightning's DDP launcher all run the same command; `launched_rank_is_zero`
+tells, before any Trainer exists, whether this process is the one that creates the run folder.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,19 @@ def _device_count(accelerator: str, devices: Any) -> int:
     if str(devices) == "auto" and accelerator in ("auto", "gpu", "cuda"):
         return max(torch.cuda.device_count(), 1)
     return 1
+
+
+def launched_rank_is_zero() -> bool:
+    """Whether this process is global rank 0 as its launcher numbered it, read from the environment before
+    Lightning sets up the process group: torchrun (`RANK`), SLURM with several tasks (`SLURM_PROCID`), Lightning's
+    own DDP launcher (the processes it starts get `LOCAL_RANK` / `NODE_RANK`). A single process, and the parent
+    of `ddp_spawn`, is rank 0."""
+    environ = os.environ
+    if "RANK" in environ:
+        return int(environ["RANK"]) == 0
+    if "SLURM_PROCID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(environ["SLURM_PROCID"]) == 0
+    return int(environ.get("LOCAL_RANK", "0")) == 0 and int(environ.get("NODE_RANK", "0")) == 0
 
 
 def build_trainer(trainer_cfg: DictConfig | dict | None, run_dir: str | Path, monitor: str | None = None,

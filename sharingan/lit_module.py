@@ -21,6 +21,17 @@ DivergenceGuard): `stop` checks every loss of the iteration with one isfinite at
 step and term before anything is logged or checkpointed; `skip` checks each loss before its optimiser step
 and skips the rest of the batch, which still counts as an iteration.
 
+Several devices (DDP through Lightning; README "Several GPUs and nodes"): every optimiser step
+is one `manual_backward` whose gradients DDP averages over the ranks exactly once (Lightning re-prepares DDP's
+reducer for each of the iteration's backward passes; `find_unused_parameters` leaves the frozen and unused
+networks' gradients alone). Rank r of W reads its own samples (`ShardedStepSampler`) and draws its step noise from
+(seed, iteration x W + r) (W = 1: the single-device stream). Batch norm keeps per-rank statistics (no
+SyncBatchNorm: `trainer.sync_batchnorm` is refused for this stage); DDP broadcasts rank 0's running statistics at
+the start of every iteration. One iteration on W ranks with per-rank batches b_r is therefore exactly one
+single-process iteration that computes each optimiser step's gradient on every b_r separately (with that rank's
+noise and batch statistics) and averages them (tests/reliability/test_ddp_sharingan.py). The divergence guard's
+verdict is all-reduced, so all ranks stop (or skip the batch) together.
+
 Networks checkpoints (`save_networks` / `load_networks`): a plain dict of state dicts plus the task name,
 input size, stage and resolved config, read back with `weights_only=True`; eval and predict rebuild the
 networks from the stored config and refuse a checkpoint of another task.
@@ -266,14 +277,37 @@ class SharinGANModule(pl.LightningModule):
         generator = torch.optim.Adam(self.generator.parameters(), **adam_settings(self.cfg, "generator"))
         return [critic, generator, task]
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self._trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def _synchronised(self, named: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Under DDP, add a NaN term `another_rank/non_finite` when some other rank saw a non-finite loss, so that
+        the guard's verdict (stop or skip) is the same on every rank: a lone rank that stops or skips would leave
+        the others waiting in the next gradient all-reduce."""
+        _, world = self._rank_and_world()
+        if world == 1 or not named or not torch.distributed.is_initialized():
+            return named
+        values = torch.stack([torch.as_tensor(value).detach().float().sum().to(self.device)
+                              for value in named.values()])
+        finite = torch.isfinite(values).all().float().reshape(1)
+        everywhere = finite.clone()
+        torch.distributed.all_reduce(everywhere, op=torch.distributed.ReduceOp.MIN)
+        if bool(everywhere.item() < 1) and bool(finite.item() == 1):
+            named = {**named, "another_rank/non_finite": torch.tensor(float("nan"), device=self.device)}
+        return named
+
     def _optimise(self, optimizer, loss: Tensor, label: str, terms: Mapping[str, Tensor],
                   pending: dict[str, Tensor]) -> bool:
         """One optimiser step on `loss`, guarded. `stop`: the step's terms join `pending`, checked once at the
         end of the iteration (before logging and before any checkpoint). `skip`: checked here, before the
-        update; False (nothing applied) when a term is not finite."""
+        update; False (nothing applied) when a term is not finite (on any rank under DDP)."""
         named = {f"{label}/{name.split('/')[-1]}": value for name, value in terms.items()}
         named[f"{label}/loss"] = loss.detach()  # the value optimised (its parts may all be finite)
         if self.guard.policy == "skip":
+            named = self._synchronised(named)
             if not self.guard.check(named, int(self.global_step) - self._steps_taken, f"iteration {self.iteration}"):
                 return False
         else:
@@ -292,8 +326,10 @@ class SharinGANModule(pl.LightningModule):
             progress.increment_completed()
 
     def training_step(self, batch: Mapping, batch_index: int) -> None:
-        # the step's own noise (WGAN-GP interpolation) is a function of (seed, iteration): exact on resume
-        with seeded_generators(sample_seed(self.seed, self.iteration, stream=1), self.device):
+        # the step's own noise (WGAN-GP interpolation) is a function of (seed, iteration, rank): exact on resume,
+        # independent across DDP ranks, and the single-device stream when there is one rank
+        rank, world = self._rank_and_world()
+        with seeded_generators(sample_seed(self.seed, self.iteration * world + rank, stream=1), self.device):
             completed = self._training_iteration(batch)
         if self.guard.policy == "skip":
             self.log("train/skipped_batches", float(self.guard.skipped_steps), batch_size=1)
@@ -367,7 +403,9 @@ class SharinGANModule(pl.LightningModule):
             terms.update(task_terms)
             terms["task/total"] = task_value.detach()
 
-        # policy stop: one isfinite over every loss of the iteration; raises before logging / checkpointing
+        # policy stop: one isfinite over every loss of the iteration (all-reduced under DDP); raises before
+        # logging / checkpointing
+        pending = self._synchronised(pending) if self.guard.policy == "stop" else pending
         self.guard.check(pending, int(self.global_step) - self._steps_taken, f"iteration {self.iteration}")
         self._log_terms(terms, int(chunks[0]["synthetic"]["image"].shape[0]))
         if self.image_every and self.iteration % self.image_every == 0:
@@ -423,7 +461,7 @@ class SharinGANModule(pl.LightningModule):
         metrics = self.task.validation_metrics(self.generator, self.task_network, batch)
         size = int(batch["image"].shape[0]) if isinstance(batch, Mapping) and "image" in batch else 1
         for name, value in metrics.items():
-            self.log(f"val/{name}", float(value), batch_size=size, prog_bar=name == "a1")
+            self.log(f"val/{name}", float(value), batch_size=size, prog_bar=name == "a1", sync_dist=True)
         experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
         if batch_index == 0 and hasattr(self.task, "validation_panels") and hasattr(experiment, "add_images"):
             with torch.no_grad():
@@ -444,6 +482,10 @@ class ExportNetworks(pl.Callback):
     def _networks(self, module: pl.LightningModule) -> dict[str, nn.Module | None]:
         return module.networks()
 
+    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        # one run folder, rank 0's: other ranks (torchrun, SLURM) learn its name here and write nothing
+        self.directory = Path(trainer.strategy.broadcast(str(self.directory)))
+
     def state_dict(self) -> dict[str, Any]:  # the best value so far survives a resume
         return {"best": self.best}
 
@@ -451,7 +493,7 @@ class ExportNetworks(pl.Callback):
         self.best = state_dict.get("best")
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self.monitor is None or trainer.sanity_checking:
+        if self.monitor is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         name, mode = self.monitor
         value = trainer.callback_metrics.get(name)
@@ -464,5 +506,7 @@ class ExportNetworks(pl.Callback):
                           trainer.global_step, {"monitor": name, "value": value})
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:  # DDP: every rank holds the same weights; rank 0 writes them
+            return
         save_networks(self.directory / "networks_last.pt", self.cfg, self._networks(module), self.stage,
                       trainer.global_step)

@@ -15,6 +15,11 @@ count and the best validation value so far. `last.ckpt` is written every `schedu
 iterations (default 1000 when 0/null) through a temporary file + rename. `divergence_policy=stop|skip`:
 a non-finite loss stops the run naming step and term (exit status 3 from the command line), or skips the
 batch and counts it (`train/skipped_batches`).
+
+Several GPUs / nodes (README "Several GPUs and nodes"): `trainer.devices=N trainer.num_nodes=M`, launched by
+Lightning itself, by `torchrun ... -m sharingan.train ...` or by `srun python -m sharingan.train ...`. Rank 0
+alone creates the run folder and writes into it (the other ranks learn its name from rank 0); the end-to-end
+stage keeps per-rank batch-norm statistics and refuses `trainer.sync_batchnorm=true` (sharingan.lit_module).
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.config import load_config
 from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resume
-from common.runs import start_run, write_metrics
-from common.trainer import build_trainer
+from common.runs import run_dir_for, seed_everything, start_run, write_metrics
+from common.trainer import build_trainer, launched_rank_is_zero
 from sharingan.lit_module import (
     TRAIN_STATE_KEY,
     ExportNetworks,
@@ -106,7 +111,16 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
         if state:
             cfg.seed = int(state["seed"])  # the data order and noise are functions of the run's seed
             cfg.resume = str(resume_path)
-    run_dir = start_run(cfg, "chapter2", f"{cfg.experiment}/{stage}", root=root)
+    if stage == "train" and bool(OmegaConf.select(cfg, "trainer.sync_batchnorm", default=False)):
+        raise ValueError("trainer.sync_batchnorm=true is refused for SharinGAN's end-to-end stage: its iteration is "
+                         "verified exact under DDP with per-rank batch-norm statistics only (sharingan.lit_module); "
+                         "remove trainer.sync_batchnorm")
+    if launched_rank_is_zero():
+        run_dir = start_run(cfg, "chapter2", f"{cfg.experiment}/{stage}", root=root)
+    else:  # torchrun / SLURM / Lightning's launcher: rank 0's folder (ExportNetworks learns its name at setup)
+        if "seed" in cfg:  # as start_run seeds rank 0
+            seed_everything(int(cfg.seed), bool(cfg.get("deterministic", True)))
+        run_dir = run_dir_for("chapter2", f"{cfg.experiment}/{stage}", root)
     module, steps_per_iteration = build_module(cfg, stage)
     datamodule = task.build_datamodule(cfg, stage)
     datamodule.start_batch = int(state.get("iterations", 0))
@@ -126,7 +140,7 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
     else:
         trainer_cfg["limit_val_batches"] = 0
     exporter = ExportNetworks(run_dir / "checkpoints", cfg, stage, monitor)
-    if resume_path is not None:  # the best networks so far live in the interrupted run's folder
+    if resume_path is not None and launched_rank_is_zero():  # the best networks so far: the interrupted run's
         previous_best = resume_path.parent / "networks_best.pt"
         if previous_best.is_file():
             shutil.copy2(previous_best, run_dir / "checkpoints" / "networks_best.pt")
@@ -139,8 +153,11 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
         warnings.filterwarnings("ignore", message="The dirpath has changed from")  # a resumed run's new folder
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None)
 
+    run_dir = exporter.directory.parent  # rank 0's run folder on every rank
     best, last = run_dir / "checkpoints" / "networks_best.pt", run_dir / "checkpoints" / "networks_last.pt"
     checkpoint = best if best.is_file() else last
+    if not trainer.is_global_zero:
+        return {"run_dir": run_dir, "checkpoint": checkpoint}
     write_metrics(run_dir, {"stage": stage, "iterations": iterations, "global_steps": trainer.global_step,
                             "networks_checkpoint": str(checkpoint),
                             "best_validation": exporter.best, "monitor": monitor[0] if monitor else None,
@@ -188,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(3) from None
-    print(f"{args.stage}: run folder {result['run_dir']}\nnetworks checkpoint {result['checkpoint']}")
+    if launched_rank_is_zero():
+        print(f"{args.stage}: run folder {result['run_dir']}\nnetworks checkpoint {result['checkpoint']}")
     return result
 
 
