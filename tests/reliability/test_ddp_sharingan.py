@@ -8,8 +8,7 @@ that rank's own batch-norm statistics and its own WGAN-GP noise (seed, iteration
 computes this by hand in one process, from the losses (sharingan.losses, the module's L_T) and plain
 `torch.autograd.grad`, without Lightning or torch.distributed, from the same initial weights. After one
 iteration the weights of G, D and T on both ranks equal each other and the reference within 1e-5; each rank's
-batch-norm running statistics equal its replica's. Also: the refused configuration (sync_batchnorm) and a
-divergence guard whose verdict is all-reduced.
+batch-norm running statistics equal its replica's. Also: the refused configuration (sync_batchnorm).
 """
 
 from __future__ import annotations
