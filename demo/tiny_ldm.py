@@ -33,11 +33,12 @@ from tqdm.auto import tqdm
 from common.checkpoints import write_json
 from demo.worlds import shapes
 
-# Words of the shape world and of the CLIPSeg prompt templates: whole-word merges in the tiny tokenizer.
-VOCABULARY = (
-    "a", "an", "the", "of", "on", "and", "under", "one", "photo", "photograph", "image", "cropped", "good", "bad",
-    "left", "right", "top", "bottom", *shapes.SHAPES, *shapes.COLORS, *shapes.STUFF,
-)
+# Words of the shape world and of the CLIPSeg prompt templates: one token each in the tiny tokenizer (as in CLIP's
+# vocabulary; a word left out is split into pieces that may spell another word: "colored" -> c o l o "red").
+VOCABULARY = tuple(dict.fromkeys((
+    *shapes.LANGUAGE_WORDS, "photo", "photograph", "image", "cropped", "good", "bad",
+    *shapes.SHAPES, *shapes.COLORS, *shapes.STUFF,
+)))
 
 
 def build_corpus(seed: int, n_images: int, size: int, illustration_fraction: float) -> tuple[np.ndarray, list]:
@@ -196,7 +197,7 @@ def architecture(cfg: DictConfig) -> dict:
     """The tiny SD configs of ``ldznet.tiny_configs`` with the sizes of the demo config."""
     from ldznet.tiny_configs import tiny_architecture
 
-    arch = tiny_architecture()
+    arch = tiny_architecture(VOCABULARY)  # start/end token ids of the tokenizer written with VOCABULARY
     arch["vae"].update(OmegaConf.to_container(cfg.vae.arch, resolve=True))
     arch["vae"]["sample_size"] = int(cfg.data.size)
     arch["text_encoder"].update(OmegaConf.to_container(cfg.text.arch, resolve=True))

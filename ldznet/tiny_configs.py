@@ -92,17 +92,46 @@ def _byte_symbols() -> list[str]:
     return symbols
 
 
+def bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE on one lower-case word: repeatedly merge (every occurrence of) the lowest-ranked adjacent pair."""
+    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(pieces) > 1:
+        pairs = {(a, b) for a, b in zip(pieces, pieces[1:]) if (a, b) in ranks}
+        if not pairs:
+            break
+        first, second = min(pairs, key=ranks.__getitem__)
+        merged, k = [], 0
+        while k < len(pieces):
+            if k + 1 < len(pieces) and pieces[k] == first and pieces[k + 1] == second:
+                merged.append(first + second)
+                k += 2
+            else:
+                merged.append(pieces[k])
+                k += 1
+        pieces = merged
+    return pieces
+
+
 def tiny_vocabulary(words=TINY_WORDS) -> tuple[list[str], list[tuple[str, str]]]:
-    """Byte-level CLIP BPE vocabulary (bytes, bytes + "</w>", merged words, then start/end tokens) and merges."""
+    """Byte-level CLIP BPE vocabulary (bytes, bytes + "</w>", merged words, then start/end tokens) and merges.
+
+    Every word of `words` becomes one token, as in CLIP's vocabulary. BPE applies merges by rank anywhere in a
+    word, so a word's merges are built from the pieces the earlier merges already leave ("sand" after "an" and
+    "and": s + and</w> -> sand</w>); building each word's chain from single characters instead left "sand",
+    "green", "orange", "triangle" ... in pieces. New merges rank after all earlier ones, so they never change
+    how an earlier word is split.
+    """
     symbols = _byte_symbols()
     vocabulary = symbols + [symbol + "</w>" for symbol in symbols]
     known = set(vocabulary)
     merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in words:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        pieces = bpe_pieces(word, ranks)
         while len(pieces) > 1:
             pair = (pieces[0], pieces[1])
-            if pair not in merges:
+            if pair not in ranks:
+                ranks[pair] = len(merges)
                 merges.append(pair)
             pieces = [pieces[0] + pieces[1], *pieces[2:]]
             if pieces[0] not in known:

@@ -64,3 +64,66 @@ def test_training_is_deterministic(tmp_path):
     a = (tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     b = (tmp_path / "b" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert a == b
+
+
+def _world_words(n_scenes: int = 200) -> set[str]:
+    """Every word the shape world's language produces: captions, phrases, all three referring styles, templates."""
+    import numpy as np
+
+    from demo.worlds import shapes
+    from ldznet.data.phrasecut import PROMPT_TEMPLATES
+
+    rng = np.random.default_rng(0)
+    words: set[str] = set()
+    for _ in range(n_scenes):
+        scene = shapes.sample_scene(rng, 64)
+        words.update(shapes.caption(scene).replace(",", " ").split())
+        words.update(w for item in shapes.phrases(scene) for w in item["phrase"].split())
+        for style in ("refcoco", "refcoco+", "refcocog"):
+            for ref in shapes.referring_expressions(scene, rng, style):
+                words.update(w for sentence in ref["sentences"] for w in sentence.split())
+    for template in PROMPT_TEMPLATES:
+        words.update(template.replace("{}", " ").replace(".", " ").split())
+    return words
+
+
+def test_every_world_word_is_one_token(tmp_path):
+    """CLIP has one token for each of these words; the tiny tokenizer must too. Building each word's merges from
+    single characters left "sand" as s + "and", "green" as g re e n, and "colored" (not in the vocabulary then)
+    as c o l o + "red": a G-Ref-style "a blue colored circle" carried the token of another colour."""
+    from ldznet.stable_diffusion import load_tokenizer
+    from ldznet.tiny_configs import write_tiny_tokenizer
+
+    tokenizer = load_tokenizer(write_tiny_tokenizer(tmp_path / "tokenizer", words=tiny_ldm.VOCABULARY))
+    words = _world_words()
+    assert words <= set(tiny_ldm.VOCABULARY), sorted(words - set(tiny_ldm.VOCABULARY))
+    split = {word: tokenizer.tokenize(word) for word in sorted(words) if tokenizer.tokenize(word) != [word + "</w>"]}
+    assert not split
+    assert tokenizer.tokenize("a blue colored circle on the sand") == [
+        "a</w>", "blue</w>", "colored</w>", "circle</w>", "on</w>", "the</w>", "sand</w>"]
+
+
+def test_tiny_bpe_keeps_every_listed_word_whole_and_matches_clip_tokenizer():
+    """`tiny_vocabulary`'s merges, applied with CLIP's rank rule (our `bpe_pieces` and transformers'
+    CLIPTokenizer agree), give one piece per listed word, also for words that share letters with earlier ones."""
+    from ldznet.tiny_configs import TINY_WORDS, bpe_pieces, tiny_vocabulary
+
+    for words in (TINY_WORDS, tiny_ldm.VOCABULARY, ("an", "and", "sand", "re", "red", "colored", "green")):
+        vocabulary, merges = tiny_vocabulary(words)
+        ranks = {pair: rank for rank, pair in enumerate(merges)}
+        assert len(vocabulary) == len(set(vocabulary))
+        for word in words:
+            assert bpe_pieces(word, ranks) == [word + "</w>"], word
+    # a word outside the list still splits into known pieces (no whole-word token of its own)
+    vocabulary, merges = tiny_vocabulary(("red",))
+    assert bpe_pieces("bored", {pair: rank for rank, pair in enumerate(merges)}) == ["b", "o", "red</w>"]
+
+
+def test_text_config_end_token_matches_tokenizer(tmp_path):
+    """The text encoder's start/end ids come from the same word list as the tokenizer the demo writes."""
+    from ldznet.stable_diffusion import load_tokenizer
+    from ldznet.tiny_configs import write_tiny_tokenizer
+
+    tokenizer = load_tokenizer(write_tiny_tokenizer(tmp_path / "tokenizer", words=tiny_ldm.VOCABULARY))
+    text = tiny_ldm.architecture(OmegaConf.create(TINY))["text_encoder"]
+    assert text["eos_token_id"] == tokenizer.eos_token_id and text["bos_token_id"] == tokenizer.bos_token_id
