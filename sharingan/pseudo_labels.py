@@ -54,7 +54,8 @@ def generate_pseudo_labels(task_network: nn.Module, dataset: CelebAImages, out_d
             write_png(paths["face"], images[index].permute(1, 2, 0).cpu().numpy())
             write_png(paths["normal"], normals[index].permute(1, 2, 0).cpu().numpy())
             write_png(paths["albedo"], albedo[index].permute(1, 2, 0).cpu().numpy())
-            write_png(paths["mask"], np.ones(images.shape[-2:], dtype=np.float32))
+            mask = batch["mask"][index, 0].numpy() if "mask" in batch else np.ones(images.shape[-2:], np.float32)
+            write_png(paths["mask"], mask)
             lighting = prediction["lighting"][index].cpu().double().numpy()
             write_light(folder / f"{stem}_light.txt", lighting)
             records.append(FaceRecord(stem, paths["face"], paths["mask"], paths["normal"], paths["albedo"],
@@ -62,7 +63,9 @@ def generate_pseudo_labels(task_network: nn.Module, dataset: CelebAImages, out_d
     csv_path = write_face_csv(out_dir / f"celeba_{split}.csv", records, root=out_dir)
     write_json(out_dir / "pseudo_labels.json", {
         "split": split, "count": len(records), "csv": csv_path.name, "image_size": dataset.image_size,
-        "crop_size": dataset.crop_size, "crop_center": dataset.crop_center, "mask": "all ones",
+        "crop_size": dataset.crop_size, "crop_center": dataset.crop_center,
+        "mask": dataset.mask, "mask_construction": "ellipse from the five CelebA landmarks "
+        "(sharingan.data.celeba.landmark_face_mask)" if dataset.mask == "landmarks" else "all ones",
         **(provenance or {}),
     })
     return csv_path
@@ -71,14 +74,16 @@ def generate_pseudo_labels(task_network: nn.Module, dataset: CelebAImages, out_d
 def label_from_checkpoint(checkpoint: str | Path, celeba_root: str | Path, out_dir: str | Path,
                           split: str = "train", image_size: int | None = None, crop_size: int = 178,
                           crop_center: Sequence[float] | None = None, batch_size: int = 32,
-                          device: str = "cpu", limit: int | None = None, num_workers: int = 0) -> Path:
-    """Load the SfSNet of a face networks checkpoint (task 'normals') and label a CelebA split."""
+                          device: str = "cpu", limit: int | None = None, num_workers: int = 0,
+                          mask: str = "landmarks") -> Path:
+    """Load the SfSNet of a face networks checkpoint (task 'normals') and label a CelebA split; `mask`:
+    'landmarks' (face ellipse from CelebA's landmark file) or 'none' (all ones)."""
     from sharingan.tasks.normals import image_size as configured_size  # normals imports this module
 
     networks, cfg, payload = load_networks(checkpoint, task="normals")
     size = int(image_size if image_size is not None else configured_size(cfg))
     dataset = CelebAImages(celeba_root, split, image_size=size, crop_size=crop_size, crop_center=crop_center,
-                           limit=limit)
+                           limit=limit, mask=mask)
     provenance = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of_file(checkpoint),
                   "checkpoint_stage": payload.get("stage"), "celeba_root": str(celeba_root), "limit": limit}
     return generate_pseudo_labels(networks["task_network"], dataset, out_dir, split, batch_size, device,
@@ -99,10 +104,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--limit", type=int, default=None, help="label only the first N images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--mask", default="landmarks", choices=["landmarks", "none"],
+                        help="face mask of the labels: ellipse from list_landmarks_align_celeba.txt, or all ones")
     args = parser.parse_args(argv)
     csv_path = label_from_checkpoint(args.checkpoint, args.input, args.out, args.split, args.image_size,
                                      args.crop_size, args.crop_center, args.batch_size, args.device, args.limit,
-                                     args.num_workers)
+                                     args.num_workers, args.mask)
     print(f"pseudo-labels written: {csv_path}")
     return csv_path
 

@@ -255,24 +255,46 @@ def write_sfsnet(root: str | Path, n: int, size: int, seed: int = 0, per_folder:
     return n
 
 
+def _celeba_top(size: int) -> int:
+    """Rows added above a square face of side `size` by `_celeba_canvas`."""
+    return (int(round(size * 218 / 178)) - size) // 3
+
+
 def _celeba_canvas(image: np.ndarray) -> np.ndarray:
     """Pad a square face to CelebA's aligned aspect (218 x 178, H x W) by repeating the border rows."""
     size = image.shape[1]
     height = int(round(size * 218 / 178))
-    top = (height - size) // 3
+    top = _celeba_top(size)
     return np.pad(image, ((top, height - size - top), (0, 0), (0, 0)), mode="edge")
 
 
+# Where `face_geometry` puts the five CelebA landmarks, in face coordinates (x right, y down, before the
+# shift): eye centres (the sockets and eye whites at (+-eye_x, -0.12)), the nose tip (peak of the nose ridge,
+# (0, 0.08)), the mouth corners (ends of the lips, where their Gaussian falls to 0.5: x = +-0.16 sqrt(ln 2)).
+_MOUTH_HALF_WIDTH = 0.16 * np.sqrt(np.log(2.0))
+
+
+def face_landmarks(params: dict, size: int) -> np.ndarray:
+    """(5, 2) pixel (x, y) of left eye, right eye, nose, left and right mouth corner (CelebA's order; 'left' =
+    image left) in a `size` x `size` render; pixel centres at integers (pixel (r, c) is at (c, r))."""
+    ex, (sx, sy) = params["eye_x"], params["shift"]
+    face = np.array([[-ex, -0.12], [ex, -0.12], [0.0, 0.08], [-_MOUTH_HALF_WIDTH, 0.47], [_MOUTH_HALF_WIDTH, 0.47]])
+    return (face + np.array([sx, sy]) + 1.0) / 2.0 * size - 0.5
+
+
 def write_celeba(root: str | Path, counts, size: int, seed: int = 0) -> int:
-    """CelebA (aligned) layout via ``sharingan.data.celeba.write_celeba_fixture`` with our real-style faces."""
+    """CelebA (aligned) layout via ``sharingan.data.celeba.write_celeba_fixture`` with our real-style faces,
+    including ``list_landmarks_align_celeba.txt`` (the five landmarks of each face, `face_landmarks`)."""
     from sharingan.data.celeba import write_celeba_fixture
 
     rng = np.random.default_rng(seed)
-    images = []
+    images, landmarks = [], []
     for _ in tqdm(range(int(sum(counts))), desc="CelebA", leave=False):
-        face = render_real(sample_face(rng), sample_light(rng), size, rng)["image"]
+        params = sample_face(rng)
+        face = render_real(params, sample_light(rng), size, rng)["image"]
         images.append(_celeba_canvas(face).astype(np.float32) / 255.0)
-    write_celeba_fixture(root, counts=tuple(int(c) for c in counts), seed=seed, images=images)
+        landmarks.append(face_landmarks(params, size) + np.array([0.0, _celeba_top(size)]))
+    write_celeba_fixture(root, counts=tuple(int(c) for c in counts), seed=seed, images=images, landmarks=landmarks)
     return len(images)
 
 

@@ -154,6 +154,16 @@ class SfSNet(nn.Module):
         nn.init.normal_(self.light_fc.weight, 0.0, 0.005)
         nn.init.ones_(self.light_fc.bias)
 
+    @torch.no_grad()
+    def set_lighting_bias(self, lighting: torch.Tensor) -> None:
+        """Start the light layer at a given 27-d lighting (its bias; the N(0, 0.005) weights stay): stage-2
+        pretraining passes the mean lighting label (docs/chapter2-faces.md, "why the face networks learned
+        nothing")."""
+        lighting = torch.as_tensor(lighting, dtype=self.light_fc.bias.dtype).reshape(-1)
+        if lighting.shape != (LIGHTING_DIM,) or not torch.isfinite(lighting).all():
+            raise ValueError(f"SfSNet lighting bias must be {LIGHTING_DIM} finite numbers, got {tuple(lighting.shape)}")
+        self.light_fc.bias.copy_(lighting.to(self.light_fc.bias.device))
+
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         if image.dim() != 4 or image.shape[1] != 3 or image.shape[-1] % 2 or image.shape[-2] % 2:
             raise ValueError(f"SfSNet expects (B,3,H,W) with even H and W; got {tuple(image.shape)}")

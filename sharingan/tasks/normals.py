@@ -35,7 +35,7 @@ from sharingan.data.celeba import CelebAImages, pseudo_labelled_dataset
 from sharingan.data.loaders import SyntheticOnly, TwoDomains, resumable_loader
 from sharingan.data.multipie import MultiPIEDataset, lighting_class_scores
 from sharingan.data.photoface import PhotofaceDataset
-from sharingan.data.sfsnet_synthetic import synthetic_dataset, write_light
+from sharingan.data.sfsnet_synthetic import read_light, synthetic_dataset, write_light
 from sharingan.face_losses import SfSWeights, sfs_supervision
 from sharingan.lit_module import batch_chunks
 from sharingan.models.face_critic import FaceCritic
@@ -99,6 +99,14 @@ def celeba_images(cfg: DictConfig, split: str = "train", limit: int | None = Non
                         list(center) if center is not None else None, limit)
 
 
+def celeba_mask_mode(cfg: DictConfig) -> str:
+    """`data.celeba_mask`: 'landmarks' (face ellipse from list_landmarks_align_celeba.txt) or 'none'."""
+    mode = str(cfg.data.get("celeba_mask", "landmarks"))
+    if mode not in ("landmarks", "none"):
+        raise ValueError(f"config key data.celeba_mask must be 'landmarks' or 'none', got {mode!r}")
+    return mode
+
+
 def celeba_labels_csv(cfg: DictConfig, split: str = "train") -> Path:
     folder = _require(cfg, "data.celeba_labels", "the pseudo-label folder written by sharingan.pseudo_labels, "
                       "or 'auto'")
@@ -124,7 +132,7 @@ def resolve_pseudo_labels(cfg: DictConfig, device: str | None = None) -> DictCon
     center = cfg.data.get("celeba_crop_center")
     settings = {"checkpoint_sha256": sha256_of_file(checkpoint), "image_size": image_size(cfg),
                 "crop_size": int(cfg.data.celeba_crop_size), "crop_center": list(center) if center else None,
-                "limit": cfg.data.get("celeba_limit"),
+                "limit": cfg.data.get("celeba_limit"), "mask": celeba_mask_mode(cfg),
                 "celeba_root": _require(cfg, "data.celeba_root", "the CelebA folder")}
     record = out_dir / "pseudo_labels.json"
     current = json.loads(record.read_text()) if record.is_file() else {}
@@ -134,7 +142,7 @@ def resolve_pseudo_labels(cfg: DictConfig, device: str | None = None) -> DictCon
         print(f"[pseudo_labels] labelling CelebA ({settings['celeba_root']}) with {checkpoint} -> {out_dir}")
         label_from_checkpoint(checkpoint, settings["celeba_root"], out_dir, "train", settings["image_size"],
                               settings["crop_size"], settings["crop_center"], int(cfg.eval.batch_size), device,
-                              settings["limit"])
+                              settings["limit"], mask=settings["mask"])
     cfg = cfg.copy()
     cfg.data.celeba_labels = str(out_dir)
     return cfg
@@ -161,6 +169,16 @@ def multipie_data(cfg: DictConfig) -> Dataset:
                            int(node.crop_size), image_size(cfg), cfg.data.get("multipie_limit"))
 
 
+def mean_lighting(dataset: Dataset, limit: int = 10000) -> np.ndarray:
+    """Mean 27-d lighting label over the first `limit` records of a `FaceLabelDataset` (labels only, no images)."""
+    records = getattr(dataset, "records", None)
+    if not records:
+        raise ValueError("mean_lighting: the dataset has no face records with lighting labels")
+    labels = [read_light(r.lighting) if isinstance(r.lighting, Path) else np.asarray(r.lighting, dtype=np.float64)
+              for r in records[:limit]]
+    return np.mean(np.stack(labels).astype(np.float64), axis=0).astype(np.float32)
+
+
 class FaceDataModule(pl.LightningDataModule):
     """Training batches of one stage (see `build_datamodule`) and the Photoface validation loader."""
 
@@ -171,16 +189,39 @@ class FaceDataModule(pl.LightningDataModule):
         self.cfg, self.stage = cfg, stage
         self.dataset: Dataset | None = None
         self.start_batch = 0  # loader batches already consumed (a resumed run sets it from its checkpoint)
+        self.lighting_initialised = False
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
+            if self.stage == "pretrain_task" and not self.lighting_initialised:
+                self._initialise_lighting(self.dataset.synthetic)
             return
         if self.stage == "pretrain_generator":
             self.dataset = TwoDomains(synthetic_data(self.cfg, "train"), celeba_images(self.cfg, "train"))
         elif self.stage == "pretrain_task":
-            self.dataset = SyntheticOnly(synthetic_data(self.cfg, "train"))
+            synthetic = synthetic_data(self.cfg, "train")
+            self.dataset = SyntheticOnly(synthetic)
+            self._initialise_lighting(synthetic)
         else:
             self.dataset = TwoDomains(synthetic_data(self.cfg, "train"), celeba_pseudo_labelled(self.cfg, "train"))
+
+    def _initialise_lighting(self, synthetic: Dataset) -> None:
+        """`model.task_network.lighting_init: label_mean` (default): start SfSNet's light layer at the mean
+        lighting label of the synthetic training set instead of the Caffe bias of 1 on all 27 coefficients, which
+        lies ~0.9 RMS from every label (docs/chapter2-faces.md). Runs before a resumed run restores its weights,
+        so a resume is unaffected. `caffe` keeps the Caffe initialisation."""
+        mode = str(OmegaConf.select(self.cfg, "model.task_network.lighting_init", default="label_mean"))
+        if mode == "caffe":
+            self.lighting_initialised = True
+            return
+        if mode != "label_mean":
+            raise ValueError(f"config key model.task_network.lighting_init must be label_mean or caffe, got {mode!r}")
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        network = getattr(module, "task_network", None)
+        if network is None:
+            return  # set up outside a trainer (inspection, verify): nothing to initialise
+        network.set_lighting_bias(torch.from_numpy(mean_lighting(synthetic)))
+        self.lighting_initialised = True
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
