@@ -65,12 +65,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.safe_pickle import UnsafePickleError
 from ldznet.models import build_segmenter, model_options
-
-try:  # the general restricted-unpickler errors may live in common/ (shared) or in ldznet.data
-    from common.safe_pickle import UnsafePickleError
-except ImportError:  # pragma: no cover - depends on the state of the shared layer
-    from ldznet.data.safe_pickle import UnsafePickleError
 
 log = logging.getLogger(__name__)
 
