@@ -3,6 +3,9 @@
 Protocol (CLIPSeg's, docs/protocols.md §5): per sample, sigmoid of the logits, bilinear resize to the
 ground-truth size when they differ, then :class:`common.metrics.segmentation.ThresholdSweepMetrics`
 (49 thresholds 0.02..0.98): mIoU, IoU_FG and AP, each IoU both at its best threshold and at t = 0.3.
+The models' evaluation noise (ZNet / LD-ZNet's VAE posterior draw, LD-ZNet's z_t noise) is drawn per sample
+from (model.eval_seed, dataset index, stream) (`ldznet.models.ldm_features.per_sample_noise`), so the
+numbers do not depend on the batch size.
 
     python -m ldznet.eval --checkpoint C --dataset {phrasecut,aigi,refcoco,refcoco+,refcocog} --data-root R \
         [--split test] [--prompt-mode raw|template] [--limit N] --out DIR
@@ -32,6 +35,7 @@ from common.config import EXPERIMENTS_ROOT, apply_overrides, load_config, save_c
 from common.metrics.segmentation import THRESHOLDS, ThresholdSweepMetrics
 from common.results import write_results_table
 from ldznet.data import DATASET_NAMES, build_dataset
+from ldznet.models.ldm_features import per_sample_noise
 
 PAPER_TABLES = EXPERIMENTS_ROOT / "chapter3" / "paper_tables.yaml"
 DATA_CONFIGS = {
@@ -60,16 +64,20 @@ def evaluate_segmenter(
 ) -> dict:
     """Run ``model(images, prompts) -> logits (B, 1, H, W)`` over ``dataloader``; CLIPSeg metrics in percent.
 
-    The model must already sit on ``device``; it is put in eval mode and its previous mode restored.
+    The model must already sit on ``device``; it is put in eval mode and its previous mode restored. Each
+    sample's evaluation noise is keyed by its ``sample_index`` (or, in batches without one, its position in
+    the whole loader), never by its position in the batch.
     Returns ``ThresholdSweepMetrics.compute()``: miou_best, fgiou_best, ap, miou_0.3, fgiou_0.3, ...
     """
     metric = ThresholdSweepMetrics()
     was_training = model.training
     model.eval()
+    seen = 0
     try:
         for batch in tqdm(dataloader, desc="evaluate", disable=not progress, unit="batch"):
             images, masks, prompts = batch["image"], batch["mask"], list(batch["prompt"])
-            indices = [int(i) for i in batch.get("sample_index", range(len(prompts)))]
+            indices = [int(i) for i in batch.get("sample_index", range(seen, seen + len(prompts)))]
+            seen += len(prompts)
             if images.ndim != 4 or masks.ndim != 4 or masks.shape[1] != 1 or len(prompts) != images.shape[0]:
                 raise ValueError(
                     f"batch of samples {indices}: expected image (B,3,H,W), mask (B,1,H,W) and B "
@@ -78,7 +86,8 @@ def evaluate_segmenter(
             for index, prompt in zip(indices, prompts):
                 if not isinstance(prompt, str) or not prompt.strip():
                     raise ValueError(f"sample {index}: empty prompt {prompt!r}")
-            logits = model(images.to(device), prompts)
+            with per_sample_noise(model, indices):
+                logits = model(images.to(device), prompts)
             if (
                 not isinstance(logits, torch.Tensor)
                 or logits.ndim != 4

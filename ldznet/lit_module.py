@@ -4,19 +4,28 @@
 - Optimiser: AdamW (the released code; the dissertation says Adam: `optim.optimizer: adam`) with
   lr = base_learning_rate x batch size x devices x gradient accumulation, the CompVis scaling the paper
   describes as "5e-7 per mini-batch sample, per gpu" (8 GPUs x batch 4 -> 1.6e-5).
-- ReduceLROnPlateau (factor 0.5, patience 1) on the epoch-mean training loss, as the released config.
+- ReduceLROnPlateau (factor 0.5, patience 1) on the epoch-mean training loss, as the released config. An epoch
+  is one pass over the training set whatever the device count (EpochStepSampler shards it), so the patience
+  keeps its meaning.
 - EMA of the trainable weights (decay 0.9999 with the (1+n)/(10+n) warm-up of LDM's LitEma); validation,
-  the exported segmenter and the evaluation use the EMA weights.
+  the exported segmenter and the evaluation use the EMA weights. The decay is per optimiser step at the
+  reference global batch (`optim.reference_global_batch`, 32 = 4 x 8 GPUs in the paper); at global batch G it
+  becomes decay ** (G / 32) with the warm-up counted in reference steps, so it averages over the same number
+  of samples on any number of devices.
+- Training length (`TrainingPlan`): `schedule.train_samples` samples, i.e. steps = samples / global batch with
+  global batch = batch x devices x accumulation; printed as one line at the start of training.
 - Gradient checkpointing (`model.gradient_checkpointing`) and bf16 (`trainer.precision: bf16-mixed`) are
   config switches; several GPUs run DDP through Lightning (common.trainer).
 - Validation: loss and the CLIPSeg metrics (mIoU / IoU_FG best, AP) of the EMA model; TensorBoard gets mask
   overlays (image | ground truth | prediction) for the first validation batch and every `log_images_every`
   training steps. Under DDP the validation metrics are per-rank means (the final evaluation is single-process).
 - Exact resume (docs/chapter3-models.md "Resuming"): the data order and each sample's augmentation are functions
-  of (seed, sample number) (ldznet.data.EpochStepSampler / NumberedSamples); the step's noise (VAE posterior draw,
-  t and the noise of z_t) is drawn inside a torch generator seeded with (seed, first sample number of the batch);
-  the epoch-mean loss the plateau scheduler reads is accumulated here and stored in the checkpoint with the next
-  sample number, so a resumed run continues exactly where the checkpoint was written.
+  of (seed, sample number) (ldznet.data.EpochStepSampler / NumberedSamples); each sample's noise (VAE posterior
+  draw, t and the noise of z_t) comes from its own generators seeded with (seed, sample number, stream)
+  (ldznet.models.ldm_features.per_sample_noise), so it depends neither on the batch nor on the number of DDP
+  ranks; validation keys the evaluation noise by dataset index the same way; the epoch-mean loss the plateau
+  scheduler reads is accumulated here and stored in the checkpoint with the next sample number, so a resumed run
+  continues exactly where the checkpoint was written.
 - Divergence guard (common.resilience.DivergenceGuard) on the already-computed loss scalar: `stop` raises naming
   the step and the term before anything is written; `skip` drops the batch (no optimiser or EMA update) and logs
   `train/skipped_batches`.
@@ -28,6 +37,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +52,7 @@ from common.runs import write_metrics
 from common.viz import image_grid, overlay_mask
 from ldznet.checkpoints import DEFAULT_TASK, save_segmenter, segmenter_header
 from ldznet.models import build_segmenter, model_options
+from ldznet.models.ldm_features import per_sample_noise
 from ldznet.stable_diffusion import components_from_config
 
 log = logging.getLogger(__name__)
@@ -56,22 +67,39 @@ OPTIM_DEFAULTS: dict[str, Any] = {
     "ema": True,
     "ema_decay": 0.9999,
     "head_learning_rate_scale": 1.0,  # 1 = the paper; >1 speeds up tiny CPU runs (the 55-weight head learns slowly)
+    "reference_global_batch": 32,  # ema_decay holds per optimiser step at this global batch (the paper: 4 x 8 GPUs)
 }
 
 
-class TrainableEMA:
-    """Exponential moving average of the trainable parameters (float32 copies)."""
+def ema_step_decay(decay: float, batch_ratio: float = 1.0, reference_steps: float | None = None) -> float:
+    """Decay of one EMA update at global batch = batch_ratio x the reference one: min(decay, (1 + n) / (10 + n))
+    ** batch_ratio, n = reference steps so far (None: after the warm-up)."""
+    warm_up = 1.0 if reference_steps is None else (1 + reference_steps) / (10 + reference_steps)
+    return min(float(decay), warm_up) ** float(batch_ratio)
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999):
+
+class TrainableEMA:
+    """Exponential moving average of the trainable parameters (float32 copies).
+
+    `decay` holds per optimiser step at the reference global batch; `batch_ratio` = global batch / reference
+    global batch. One step at ratio r shrinks the old average by min(decay, (1 + n) / (10 + n)) ** r with n the
+    steps so far counted in reference steps (n += r per step): r steps of 1/r of the samples each equal one
+    reference step. r = 1 is LDM's LitEma exactly.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, batch_ratio: float = 1.0):
         self.decay = float(decay)
+        self.batch_ratio = float(batch_ratio)
         self.updates = 0
+        self.reference_updates = 0.0
         self.shadow = {name: parameter.detach().float().clone() for name, parameter in model.named_parameters()
                        if parameter.requires_grad}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.reference_updates += self.batch_ratio
+        decay = ema_step_decay(self.decay, self.batch_ratio, self.reference_updates)
         for name, parameter in model.named_parameters():
             if name in self.shadow:
                 shadow = self.shadow[name]
@@ -97,7 +125,8 @@ class TrainableEMA:
                         parameter.copy_(backup[name])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "updates": self.updates,
+        return {"decay": self.decay, "updates": self.updates, "reference_updates": self.reference_updates,
+                "batch_ratio": self.batch_ratio,
                 "shadow": {name: value.detach().cpu() for name, value in self.shadow.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -105,12 +134,79 @@ class TrainableEMA:
         if missing:
             raise ValueError(f"EMA state lacks {len(missing)} trainable parameters, e.g. {missing[:3]}")
         self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        # reference steps so far (older checkpoints: one per update); the ratio stays the running one
+        self.reference_updates = float(state.get("reference_updates", self.updates))
         self.shadow = {name: value.float().clone() for name, value in state["shadow"].items()}
 
 
 def scaled_learning_rate(base: float, batch_size: int, devices: int, accumulation: int) -> float:
     """CompVis scaling: lr = base x batch x devices x accumulation (5e-7 x 4 x 8 x 1 = 1.6e-5)."""
     return float(base) * int(batch_size) * int(devices) * int(accumulation)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a training run will do, fixed at its start from the config and the device count (issue 12 item 7).
+
+    The length is `schedule.train_samples` (samples, the same on any number of devices); the steps follow from
+    the global batch. `trainer.max_steps`, when given, fixes the steps instead (tests, smoke runs).
+    """
+
+    batch_size: int  # per device
+    devices: int
+    accumulation: int
+    global_batch: int  # batch x devices x accumulation: samples per optimiser step
+    learning_rate: float  # base x global batch (CompVis scaling)
+    steps: int  # optimiser steps
+    samples: int  # steps x global batch
+    epochs: float | None  # samples / training-set size
+    reference_global_batch: int
+    ema_decay: float | None  # per optimiser step at this global batch (None: EMA off)
+    length_from: str  # "schedule.train_samples" or "trainer.max_steps"
+
+    def line(self) -> str:
+        epochs = f" = {self.epochs:.2f} epochs" if self.epochs is not None else ""
+        ema = f", EMA decay {self.ema_decay:.6g}/step" if self.ema_decay is not None else ", EMA off"
+        return (f"training plan: global batch {self.global_batch} ({self.batch_size} per device x {self.devices} "
+                f"devices x {self.accumulation} accumulation), lr {self.learning_rate:.4g}, {self.steps} steps "
+                f"= {self.samples} samples{epochs} (from {self.length_from}; reference global batch "
+                f"{self.reference_global_batch}){ema}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def training_plan(optim_cfg: Mapping, batch_size: int, devices: int, accumulation: int = 1,
+                  train_samples: int | None = None, max_steps: int | None = None,
+                  dataset_size: int | None = None) -> TrainingPlan:
+    """The run's plan: global batch, learning rate, steps (from samples, or `max_steps` when given), epochs and
+    the per-step EMA decay at that global batch (`TrainableEMA`)."""
+    optim = {**OPTIM_DEFAULTS, **dict(optim_cfg or {})}
+    batch_size, devices, accumulation = int(batch_size), int(devices), int(accumulation)
+    if min(batch_size, devices, accumulation) < 1:
+        raise ValueError(f"batch size, devices and accumulation must be >= 1, got {batch_size}, {devices}, "
+                         f"{accumulation}")
+    global_batch = batch_size * devices * accumulation
+    reference = int(optim["reference_global_batch"])
+    if reference < 1:
+        raise ValueError(f"optim.reference_global_batch must be >= 1, got {reference}")
+    if max_steps is not None and int(max_steps) > 0:
+        steps, length_from = int(max_steps), "trainer.max_steps"
+    elif train_samples is not None:
+        if int(train_samples) < 1:
+            raise ValueError(f"schedule.train_samples must be >= 1, got {train_samples}")
+        steps, length_from = -(-int(train_samples) // global_batch), "schedule.train_samples"  # ceil
+    else:
+        raise ValueError("no training length: set schedule.train_samples (samples, device-independent) or "
+                         "trainer.max_steps")
+    samples = steps * global_batch
+    ema_decay = ema_step_decay(float(optim["ema_decay"]), global_batch / reference) if optim["ema"] else None
+    return TrainingPlan(batch_size=batch_size, devices=devices, accumulation=accumulation, global_batch=global_batch,
+                        learning_rate=scaled_learning_rate(optim["base_learning_rate"], batch_size, devices,
+                                                           accumulation),
+                        steps=steps, samples=samples,
+                        epochs=samples / int(dataset_size) if dataset_size else None,
+                        reference_global_batch=reference, ema_decay=ema_decay, length_from=length_from)
 
 
 def overlay_panel(images: torch.Tensor, masks: torch.Tensor, logits: torch.Tensor, count: int = 4) -> torch.Tensor:
@@ -164,6 +260,14 @@ class SegmenterLitModule(pl.LightningModule):
         self._epoch_loss_count = 0
         self._epoch_loss_epoch = 0  # the epoch whose losses the sum holds
         self._skip_ema = False
+        self.training_plan: TrainingPlan | None = None  # set by ldznet.train; recorded in metrics.json
+
+    def setup(self, stage: str) -> None:
+        """Each process gets its own EMA memory: ddp_spawn hands the module to its workers through shared
+        memory, and two CPU ranks would otherwise lerp into the same shadow tensors (each update applied twice,
+        racily). The parameters are synchronised by DDP; the EMA, updated identically on every rank, is not."""
+        if self.ema is not None:
+            self.ema.shadow = {name: value.clone() for name, value in self.ema.shadow.items()}
 
     # --- training ---------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -181,8 +285,10 @@ class SegmenterLitModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping, batch_index: int) -> torch.Tensor | None:
         numbers = batch.get("sample_number")
-        if numbers:  # EpochStepSampler batches: noise is a function of (seed, sample number)
-            with seeded_generators(sample_seed(self.seed, numbers[0], stream=1), self.device):
+        if numbers:  # EpochStepSampler batches: noise is a function of (seed, sample number), per sample
+            # (the global generators are seeded too, for any other random layer a model might have)
+            with seeded_generators(sample_seed(self.seed, numbers[0], stream=1), self.device), \
+                    per_sample_noise(self.model, numbers, seed=self.seed):
                 loss, logits = self._loss(batch)
             self.next_sample_number = max(self.next_sample_number, max(numbers) + 1)
         else:
@@ -246,7 +352,8 @@ class SegmenterLitModule(pl.LightningModule):
             self._ema_context.__enter__()
 
     def validation_step(self, batch: Mapping, batch_index: int) -> torch.Tensor:
-        loss, logits = self._loss(batch)
+        with per_sample_noise(self.model, [int(index) for index in batch["sample_index"]]):
+            loss, logits = self._loss(batch)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0], sync_dist=True)
         probabilities = torch.sigmoid(logits.float()).cpu()
         for probability, mask in zip(probabilities, batch["mask"].cpu()):
@@ -284,6 +391,9 @@ class SegmenterLitModule(pl.LightningModule):
                                                   self.optim_cfg["batch_size"], devices, accumulation)
         log.info("learning rate %.3g = base %.3g x batch %d x devices %d x accumulation %d", self.learning_rate,
                  self.optim_cfg["base_learning_rate"], self.optim_cfg["batch_size"], devices, accumulation)
+        if self.ema is not None:  # decay per step at this global batch (see TrainableEMA)
+            global_batch = int(self.optim_cfg["batch_size"]) * devices * accumulation
+            self.ema.batch_ratio = global_batch / int(self.optim_cfg["reference_global_batch"])
         head = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("head.")]
         rest = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("head.")]
         groups = [{"params": rest, "lr": self.learning_rate},
@@ -348,13 +458,15 @@ class SegmenterLitModule(pl.LightningModule):
         if not trainer.is_global_zero:
             return
         os.replace(temporary, self.run_dir / "checkpoints" / "last.ckpt")
+        plan = self.training_plan.as_dict() if self.training_plan is not None else None
         save_segmenter(self.model, self.run_dir / "segmenter.pt", self.model_cfg, task=self.task,
                        ema_state_dict=self.ema_state_dict(), stable_diffusion_record=self.stable_diffusion_record,
-                       extra={"global_step": int(trainer.global_step), "learning_rate": self.learning_rate})
+                       extra={"global_step": int(trainer.global_step), "learning_rate": self.learning_rate,
+                              "training_plan": plan})
         validation = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("val/")}
         write_metrics(self.run_dir, {
             "variant": self.model.variant, "task": self.task, "global_step": int(trainer.global_step),
-            "learning_rate": self.learning_rate, "validation": validation,
+            "learning_rate": self.learning_rate, "training_plan": plan, "validation": validation,
             "skipped_batches": int(self.guard.skipped_steps),
             "segmenter": str(self.run_dir / "segmenter.pt"), "stable_diffusion": self.stable_diffusion_record,
         })

@@ -3,8 +3,14 @@
 Writes `runs/chapter3/<experiment>/<timestamp>/` (common.runs): config.yaml, env.json, tb/ (loss curves,
 learning rate, validation metrics, mask overlays), checkpoints/ (last.ckpt, best.ckpt by val/miou_best), and
 `segmenter.pt`: the final trainable + EMA weights, loadable with `ldznet.checkpoints.load_segmenter`.
-`metrics.json` records the learning rate actually used, the steps run, the final validation metrics and the
-sha256 of the Stable Diffusion files.
+`metrics.json` records the learning rate actually used, the steps run, the training plan, the final validation
+metrics and the sha256 of the Stable Diffusion files.
+
+Training length: `schedule.train_samples` samples (the paper's 150000 steps at global batch 32 = 4.8 M), so a
+run means the same on 1, 2 or 8 devices: steps = samples / (batch x devices x accumulation), the learning rate
+follows the global batch and the EMA decay is rescaled to it (ldznet.lit_module.TrainingPlan). One line
+`training plan: global batch ..., lr ..., N steps = S samples = E epochs ...` is printed at the start.
+`trainer.max_steps=N` fixes the steps instead (smoke runs, tests).
 
 Resume: `resume=last` continues from the newest `checkpoints/last.ckpt` of the experiment (under
 `<root>/chapter3/<experiment>/`), `resume=PATH` from that file; the resumed run gets a new run folder.
@@ -34,7 +40,7 @@ from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resu
 from common.runs import start_run
 from common.trainer import build_trainer
 from ldznet.data import EpochStepSampler, NumberedSamples, build_dataset
-from ldznet.lit_module import TRAIN_STATE_KEY, SegmenterLitModule
+from ldznet.lit_module import TRAIN_STATE_KEY, SegmenterLitModule, TrainingPlan, training_plan
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,19 @@ def resume_state(path: Path | None, cfg: DictConfig | None = None) -> dict[str, 
     return dict(state)
 
 
+def plan_for(cfg: DictConfig, trainer, max_steps: int | None = None, dataset_size: int | None = None) -> TrainingPlan:
+    """The run's `TrainingPlan` on `trainer`'s devices (world size) and gradient accumulation; the length is
+    `schedule.train_samples` unless `trainer.max_steps` is given (then a warning says the steps are fixed)."""
+    schedule = cfg.get("schedule") or {}
+    train_samples = schedule.get("train_samples")
+    if max_steps is not None and int(max_steps) > 0 and train_samples is not None:
+        log.warning("trainer.max_steps=%s overrides schedule.train_samples=%s: a fixed number of steps, whose "
+                    "samples change with the device count", max_steps, train_samples)
+    return training_plan(OmegaConf.to_container(cfg.optim, resolve=True), int(cfg.data.batch_size),
+                         int(trainer.world_size), int(trainer.accumulate_grad_batches), train_samples=train_samples,
+                         max_steps=max_steps, dataset_size=dataset_size)
+
+
 def train(cfg: DictConfig, components=None, root: str | Path = "runs") -> Path:
     """Fit `cfg` (a composed chapter-3 experiment) and export `segmenter.pt`; returns the run folder."""
     experiment = str(cfg.get("experiment") or cfg.model.variant)
@@ -119,9 +138,16 @@ def train(cfg: DictConfig, components=None, root: str | Path = "runs") -> Path:
     module = SegmenterLitModule(model_cfg, optim_cfg, task=str(cfg.task),
                                 log_images_every=int(cfg.log_images_every), components=components, run_dir=run_dir,
                                 divergence_policy=cfg.divergence_policy, seed=int(cfg.get("seed") or 0))
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    max_steps = trainer_cfg.pop("max_steps", None)
     # last.ckpt (every N steps) and best.ckpt (by val/miou_best) come from two separate callbacks
-    trainer = build_trainer(cfg.trainer, run_dir, monitor="val/miou_best" if val_loader is not None else None,
+    trainer = build_trainer(trainer_cfg, run_dir, monitor="val/miou_best" if val_loader is not None else None,
                             mode="max", callbacks=[RNGStateCallback()])
+    module.training_plan = plan = plan_for(cfg, trainer, max_steps, len(train_loader.dataset))
+    # the length depends on the device count Lightning resolved (trainer.world_size), known only now
+    trainer.fit_loop.epoch_loop.max_steps = plan.steps
+    if trainer.is_global_zero:
+        print(plan.line(), flush=True)
     # the module's on_train_end writes segmenter.pt, the final last.ckpt and metrics.json
     with warnings.catch_warnings():
         # the data position is restored by EpochStepSampler(start=...), which Lightning cannot see

@@ -13,16 +13,25 @@ LD-ZNet uses blocks 6-10 (all 1280 channels in SD). `LDMFeatures` runs the froze
 latent z_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps, conditioned on the same text, takes the wanted outputs with
 forward hooks, and stops the UNet right after the last wanted block (blocks 11-16 and the eps head are never
 computed). Timestep and noise (§2.3): t uniform in [300, 500) with fresh noise in training, as the LD-ZNet code;
-at evaluation a fixed t (default 400) and noise drawn from a fixed seed, so evaluation is repeatable.
+at evaluation a fixed t (default 400) and seeded noise, so evaluation is repeatable.
+
+Per-sample noise (`per_sample_noise`): inside that block every random draw of a sample -- the VAE posterior draw
+(`ldznet.models.znet.LatentEncoder`), its timestep and its z_t noise -- comes from its own generator seeded with
+`common.resilience.sample_seed(seed, key, stream)`, key = the sample's dataset index (evaluation) or sample number
+(training), one stream per draw. A sample's noise then depends neither on the batch it is in, nor on its position
+there, nor on the number of DDP ranks, and the posterior draw and the z_t noise are independent tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from common.resilience import sample_seed
 
 SPATIAL_ATTENTION_COUNT = 16
 LDZNET_BLOCKS = (6, 7, 8, 9, 10)
@@ -68,11 +77,73 @@ def check_block_numbers(blocks: Sequence[int]) -> tuple[int, ...]:
     return blocks
 
 
+# sample_seed streams of the per-sample draws (stream 0 is the data's augmentation, 1 was the old per-batch noise)
+NOISE_STREAMS = {"posterior": 2, "timestep": 3, "z_t": 4}
+
+
+@dataclass(frozen=True)
+class NoiseKeys:
+    """Seed (None: the module's evaluation seed) and one key per sample of the batch."""
+
+    seed: int | None
+    keys: tuple[int, ...]
+
+
+class PerSampleNoise:
+    """Mixin of the modules that draw noise (LatentEncoder, LDMFeatures): `noise_keys` is set by
+    `per_sample_noise` for the duration of one forward pass."""
+
+    noise_keys: NoiseKeys | None = None
+
+    def _generators(self, batch: int, stream: str, eval_seed: int) -> list[torch.Generator] | None:
+        """One CPU generator per sample, or None in training without keys (then the global generator draws)."""
+        noise_keys = self.noise_keys
+        if noise_keys is None:
+            if self.training:
+                return None
+            noise_keys = NoiseKeys(None, tuple(range(batch)))  # direct calls (predict): keys = batch positions
+        if len(noise_keys.keys) != batch:
+            raise ValueError(f"per_sample_noise got {len(noise_keys.keys)} keys for a batch of {batch} samples")
+        if noise_keys.seed is None and self.training:
+            raise ValueError("per_sample_noise in training needs the run's seed")
+        seed = eval_seed if noise_keys.seed is None else noise_keys.seed
+        return [torch.Generator().manual_seed(sample_seed(seed, key, NOISE_STREAMS[stream]))
+                for key in noise_keys.keys]
+
+    def sample_normal(self, shape: Sequence[int], stream: str, eval_seed: int) -> torch.Tensor | None:
+        """(B, ...) standard normal float32 on the CPU, row k from sample k's generator (None: see above)."""
+        generators = self._generators(int(shape[0]), stream, eval_seed)
+        if generators is None:
+            return None
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=generator) for generator in generators])
+
+
+def _noise_modules(model: nn.Module) -> list[PerSampleNoise]:
+    return [module for module in model.modules() if isinstance(module, PerSampleNoise)]
+
+
+@contextlib.contextmanager
+def per_sample_noise(model: nn.Module, keys: Sequence[int], seed: int | None = None) -> Iterator[None]:
+    """Within the block, sample k's posterior draw, timestep and z_t noise come from generators seeded with
+    (seed, keys[k], stream) (seed None: each module's evaluation seed, `model.eval_seed`). Evaluation passes
+    dataset indices, training (seed = the run's) sample numbers. Models without noise are unaffected."""
+    noise_keys = NoiseKeys(None if seed is None else int(seed), tuple(int(key) for key in keys))
+    modules = _noise_modules(model)
+    previous = [module.noise_keys for module in modules]
+    for module in modules:
+        module.noise_keys = noise_keys
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, previous):
+            module.noise_keys = value
+
+
 class _StopForward(Exception):
     """Raised by the last hook to end the frozen UNet's forward pass early."""
 
 
-class LDMFeatures(nn.Module):
+class LDMFeatures(PerSampleNoise, nn.Module):
     """Frozen SD UNet -> {block number: feature (B, C, h, w)} after the chosen spatial-attention modules."""
 
     def __init__(self, unet: nn.Module, scheduler, blocks: Sequence[int] = LDZNET_BLOCKS,
@@ -96,14 +167,21 @@ class LDMFeatures(nn.Module):
         return self
 
     def sample_timesteps_and_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: t ~ U[low, high) per sample and fresh noise; eval: fixed t and seeded noise."""
+        """Training: t ~ U[low, high) per sample and fresh noise; eval: fixed t and seeded noise.
+
+        Each sample's t and noise come from its own generators (`per_sample_noise`: (seed, key, stream);
+        at evaluation without keys, key = the batch position); only training without keys draws from the
+        global generator."""
         batch = z.shape[0]
+        noise = self.sample_normal(z.shape, "z_t", self.eval_noise_seed)
         if self.training:
-            timesteps = torch.randint(*self.train_timesteps, (batch,), device=z.device)
-            return timesteps, torch.randn_like(z)
-        generator = torch.Generator().manual_seed(self.eval_noise_seed)
-        noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
-        return torch.full((batch,), self.eval_timestep, device=z.device, dtype=torch.long), noise
+            generators = self._generators(batch, "timestep", self.eval_noise_seed)
+            if generators is None:
+                return torch.randint(*self.train_timesteps, (batch,), device=z.device), torch.randn_like(z)
+            timesteps = torch.cat([torch.randint(*self.train_timesteps, (1,), generator=generator)
+                                   for generator in generators])
+            return timesteps.to(z.device), noise.to(z.device, z.dtype)
+        return torch.full((batch,), self.eval_timestep, device=z.device, dtype=torch.long), noise.to(z.device, z.dtype)
 
     def add_noise(self, z: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         return self.scheduler.add_noise(z, noise, timesteps.to(z.device))

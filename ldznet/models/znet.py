@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldznet.models.ldm_features import PerSampleNoise
 from ldznet.models.text_conditioning import FrozenTextConditioning, check_prompts
 
 VAE_DOWNSAMPLING = 8
@@ -37,8 +38,9 @@ def check_images(images: torch.Tensor, multiple: int = VAE_DOWNSAMPLING * UNET_D
     return images
 
 
-class LatentEncoder(nn.Module):
-    """Frozen SD VAE encoder: z = scaling_factor x (posterior sample | posterior mean)."""
+class LatentEncoder(PerSampleNoise, nn.Module):
+    """Frozen SD VAE encoder: z = scaling_factor x (posterior sample | posterior mean); each sample's posterior
+    draw from its own generator (`ldznet.models.ldm_features.per_sample_noise`, stream "posterior")."""
 
     def __init__(self, vae: nn.Module, latent: str = "sample", eval_seed: int = 0):
         super().__init__()
@@ -59,12 +61,10 @@ class LatentEncoder(nn.Module):
         posterior = self.vae.encode(images).latent_dist
         if self.latent == "mean":
             return self.scaling_factor * posterior.mean
-        if self.training:
+        noise = self.sample_normal(posterior.mean.shape, "posterior", self.eval_seed)
+        if noise is None:  # training without per-sample keys: the global generator
             return self.scaling_factor * posterior.sample()
-        # evaluation: a seeded draw, so two evaluations of the same model agree
-        generator = torch.Generator().manual_seed(self.eval_seed)
-        noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
-        return self.scaling_factor * (posterior.mean + posterior.std * noise)
+        return self.scaling_factor * (posterior.mean + posterior.std * noise.to(posterior.mean))
 
 
 class OutputHead(nn.Module):
