@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.metrics.segmentation import ThresholdSweepMetrics
+from common.performance import fused_kwargs
 from common.resilience import DivergenceGuard, sample_seed, seeded_generators
 from common.runs import write_metrics
 from common.viz import image_grid, overlay_mask
@@ -399,10 +400,13 @@ class SegmenterLitModule(pl.LightningModule):
         groups = [{"params": rest, "lr": self.learning_rate},
                   {"params": head, "lr": self.learning_rate * float(self.optim_cfg["head_learning_rate_scale"])}]
         name = self.optim_cfg["optimizer"]
+        # fused kernels where available (common.performance; `performance` is set by apply_performance)
+        fused = fused_kwargs(getattr(self, "performance", None), rest + head)
         if name == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, weight_decay=self.optim_cfg["weight_decay"])
+            optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, weight_decay=self.optim_cfg["weight_decay"],
+                                          **fused)
         elif name == "adam":
-            optimizer = torch.optim.Adam(groups, lr=self.learning_rate)
+            optimizer = torch.optim.Adam(groups, lr=self.learning_rate, **fused)
         else:
             raise ValueError(f"optim.optimizer must be 'adamw' or 'adam', got {name!r}")
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from common.config import load_config, parse_cli
+from common.performance import apply_performance
 from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resume
 from common.runs import start_run
 from common.trainer import build_trainer
@@ -138,6 +139,10 @@ def train(cfg: DictConfig, components=None, root: str | Path = "runs") -> Path:
     module = SegmenterLitModule(model_cfg, optim_cfg, task=str(cfg.task),
                                 log_images_every=int(cfg.log_images_every), components=components, run_dir=run_dir,
                                 divergence_policy=cfg.divergence_policy, seed=int(cfg.get("seed") or 0))
+    # throughput switches (common.performance): compile the trainable UNet and head (the frozen LDM's forward is
+    # stopped by a hook after block 10, which a compiled graph cannot do)
+    apply_performance(module, OmegaConf.select(cfg, "performance"),
+                      {"unet": module.model.unet, "head": module.model.head})
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     max_steps = trainer_cfg.pop("max_steps", None)
     # last.ckpt (every N steps) and best.ckpt (by val/miou_best) come from two separate callbacks

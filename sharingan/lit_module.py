@@ -50,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from common.checkpoints import load_torch, save_torch
+from common.performance import fused_kwargs
 from common.resilience import DivergenceGuard, sample_seed, seeded_generators
 from sharingan.losses import SharinGANWeights, critic_loss, generator_adversarial_loss, reconstruction_loss
 from sharingan.tasks import load_task
@@ -270,12 +271,16 @@ class SharinGANModule(pl.LightningModule):
 
     # -- Lightning hooks -------------------------------------------------------------------------------
     def configure_optimizers(self):
-        task = torch.optim.Adam(self.task_network.parameters(), **adam_settings(self.cfg, "task_network"))
+        # fused Adam kernels where available (common.performance; `performance` is set by apply_performance)
+        def adam(network: nn.Module, name: str) -> torch.optim.Adam:
+            parameters = list(network.parameters())
+            return torch.optim.Adam(parameters, **adam_settings(self.cfg, name),
+                                    **fused_kwargs(getattr(self, "performance", None), parameters))
+
+        task = adam(self.task_network, "task_network")
         if not self.use_sharingan:
             return [task]
-        critic = torch.optim.Adam(self.critic.parameters(), **adam_settings(self.cfg, "critic"))
-        generator = torch.optim.Adam(self.generator.parameters(), **adam_settings(self.cfg, "generator"))
-        return [critic, generator, task]
+        return [adam(self.critic, "critic"), adam(self.generator, "generator"), task]
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self._trainer

@@ -37,6 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.config import load_config
+from common.performance import apply_performance
 from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resume
 from common.runs import run_dir_for, seed_everything, start_run, write_metrics
 from common.trainer import build_trainer, launched_rank_is_zero
@@ -115,6 +116,11 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
         raise ValueError("trainer.sync_batchnorm=true is refused for SharinGAN's end-to-end stage: its iteration is "
                          "verified exact under DDP with per-rank batch-norm statistics only (sharingan.lit_module); "
                          "remove trainer.sync_batchnorm")
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+    if stage == "train" and precision not in ("32-true", "32", "64-true", "64"):
+        raise ValueError(f"trainer.precision={precision} is refused for SharinGAN's end-to-end stage: under bf16-mixed "
+                         "one iteration of the tiny depth config left non-finite critic weights "
+                         "(tests/common/test_performance.py); train it with trainer.precision=32-true")
     if launched_rank_is_zero():
         run_dir = start_run(cfg, "chapter2", f"{cfg.experiment}/{stage}", root=root)
     else:  # torchrun / SLURM / Lightning's launcher: rank 0's folder (ExportNetworks learns its name at setup)
@@ -122,6 +128,10 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
             seed_everything(int(cfg.seed), bool(cfg.get("deterministic", True)))
         run_dir = run_dir_for("chapter2", f"{cfg.experiment}/{stage}", root)
     module, steps_per_iteration = build_module(cfg, stage)
+    # throughput switches (common.performance); the critic stays eager under compile: its WGAN-GP penalty
+    # differentiates a gradient (double backward), which compiled graphs do not support
+    apply_performance(module, OmegaConf.select(cfg, "performance"),
+                      {name: getattr(module, name, None) for name in ("generator", "task_network")})
     datamodule = task.build_datamodule(cfg, stage)
     datamodule.start_batch = int(state.get("iterations", 0))
 
