@@ -10,7 +10,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-slow test-all lint demo demo-quick demo-study chapter2-depth chapter2-normals chapter2 \
-        chapter3 bench clean clean-runs
+        chapter3 bench gpu-check clean clean-runs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ chapter3: $(STAMP) ## LD-ZNet, ZNet, RGBNet end to end with real SD weights and 
 
 bench: $(STAMP) ## speed and memory of every method, side by side (benchmarks/results/)
 	$(PY) -m benchmarks $(ARGS)
+
+gpu-check: $(STAMP) ## on a CUDA GPU (<= 8 min): paper-size training steps, exact resume, DDP, benchmarks; refuses without CUDA
+	$(PY) -m benchmarks.gpu_check $(ARGS)
 
 clean: ## remove caches (keeps .venv and runs/)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info

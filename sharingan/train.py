@@ -118,9 +118,9 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
                          "remove trainer.sync_batchnorm")
     precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
     if stage == "train" and precision not in ("32-true", "32", "64-true", "64"):
-        raise ValueError(f"trainer.precision={precision} is refused for SharinGAN's end-to-end stage: under bf16-mixed "
-                         "one iteration of the tiny depth config left non-finite critic weights "
-                         "(tests/common/test_performance.py); train it with trainer.precision=32-true")
+        raise ValueError(f"trainer.precision={precision} is refused for SharinGAN's end-to-end stage: on the tiny CPU "
+                         "networks bf16 gradients differ from fp32 by O(1) and one bf16-mixed iteration left non-finite"
+                         " critic weights (docs/benchmarks.md 'Throughput switches'); use trainer.precision=32-true")
     if launched_rank_is_zero():
         run_dir = start_run(cfg, "chapter2", f"{cfg.experiment}/{stage}", root=root)
     else:  # torchrun / SLURM / Lightning's launcher: rank 0's folder (ExportNetworks learns its name at setup)
