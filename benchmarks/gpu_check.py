@@ -197,7 +197,7 @@ def training_piece(settings: dict, device: torch.device, tiny: bool) -> dict:
 
 # --------------------------------------------------------------------------------------------------- resume
 def _depth_fixtures(folder: Path) -> list[str]:
-    from sharingan.data.depth_fixtures import write_depth_fixtures
+    from common.testing import write_depth_fixtures
 
     return write_depth_fixtures(folder)
 

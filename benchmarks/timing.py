@@ -61,11 +61,6 @@ def time_calls(calls: Mapping[str, Callable[[], object]], device: torch.device, 
     return {name: summarize(values) for name, values in times.items()}
 
 
-def time_call(call: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3
-              ) -> dict[str, float | int]:
-    return time_calls({"call": call}, device, warmup, repeats)["call"]
-
-
 # --------------------------------------------------------------------------------------------------- memory
 def rss_bytes() -> int:
     """Current resident set size of this process (Linux /proc; falls back to the ru_maxrss high-water mark)."""

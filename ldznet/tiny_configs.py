@@ -6,22 +6,18 @@ with the same diffusers names as SD v1 (§2.1). Channels are small so the whole 
 evaluate, probe) runs in seconds on a CPU. A tiny VAE (x8 downsampling, 4 latent channels) and a tiny
 CLIP text encoder (77 positions, width = the UNet's cross-attention width) complete the set.
 
-`write_tiny_stable_diffusion(folder)` saves random tiny components in the real diffusers folder layout
-(unet/, vae/, text_encoder/, tokenizer/, scheduler/, model_index.json), so tests, the CPU miniature and a
-user's real SD folder all go through the same loading code (`ldznet.stable_diffusion`). A tokenizer cannot
-be downloaded, so the tiny one is a byte-level CLIP BPE vocabulary written here (every text still tokenizes,
-character by character when no merge applies). `write_original_checkpoint` writes the same weights as one
-`sd-v1-4.ckpt`-style file (CompVis key names) to test single-file loading.
+`common.testing.write_tiny_stable_diffusion(folder)` saves random tiny components with these configs in the
+real diffusers folder layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/, model_index.json), so tests,
+the CPU miniature and a user's real SD folder all go through the same loading code (`ldznet.stable_diffusion`).
+A tokenizer cannot be downloaded, so the tiny one is a byte-level CLIP BPE vocabulary written here (every text
+still tokenizes, character by character when no merge applies).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import torch
-
-from common.checkpoints import save_torch, save_weights, write_json
+from common.checkpoints import write_json
 
 TINY_UNET_CONFIG = {
     "sample_size": 8,
@@ -159,140 +155,3 @@ def write_tiny_tokenizer(folder: str | Path, words=TINY_WORDS) -> Path:
         "pad_token": "<|endoftext|>",
     })
     return folder
-
-
-def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
-    """Random tiny SD components saved in the diffusers folder layout; returns `folder`."""
-    from ldznet.stable_diffusion import build_random_components, save_diffusers_folder
-
-    torch.manual_seed(seed)
-    components = build_random_components(tiny_architecture())
-    write_tiny_tokenizer(Path(folder) / "tokenizer")
-    return save_diffusers_folder(components, folder, write_tokenizer=False)
-
-
-# --- diffusers -> CompVis key names (only for writing test checkpoints; loading uses diffusers' converter) ---
-
-_RESNET_NAMES = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
-                 ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
-
-
-def _rename_resnet(rest: str) -> str:
-    for new, old in _RESNET_NAMES:
-        if rest.startswith(new + "."):
-            return old + rest[len(new):]
-    raise KeyError(f"unexpected UNet resnet parameter {rest!r}")
-
-
-def unet_key_to_original(key: str, layers_per_block: int = 2, levels: int = 4) -> str:
-    """diffusers UNet2DConditionModel key -> CompVis `model.diffusion_model.*` key (SD v1 layout)."""
-    plain = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-    stride = layers_per_block + 1
-    for new, old in plain.items():
-        if key.startswith(new + "."):
-            return "model.diffusion_model." + old + key[len(new):]
-    if match := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        level, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
-        index = level * stride + layer + 1
-        new_key = f"input_blocks.{index}.0.{_rename_resnet(rest)}" if kind == "resnets" \
-            else f"input_blocks.{index}.1.{rest}"
-    elif match := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        new_key = f"input_blocks.{(int(match[1]) + 1) * stride}.0.op.{match[2]}"
-    elif match := re.match(r"mid_block\.resnets\.(\d+)\.(.*)", key):
-        new_key = f"middle_block.{2 * int(match[1])}.{_rename_resnet(match[2])}"
-    elif match := re.match(r"mid_block\.attentions\.0\.(.*)", key):
-        new_key = f"middle_block.1.{match[1]}"
-    elif match := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        level, kind, layer, rest = int(match[1]), match[2], int(match[3]), match[4]
-        index = level * stride + layer
-        new_key = f"output_blocks.{index}.0.{_rename_resnet(rest)}" if kind == "resnets" \
-            else f"output_blocks.{index}.1.{rest}"
-    elif match := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
-        level = int(match[1])
-        has_attention = level > 0  # SD v1: up_blocks.0 is UpBlock2D without attention
-        new_key = f"output_blocks.{level * stride + stride - 1}.{2 if has_attention else 1}.conv.{match[2]}"
-    else:
-        raise KeyError(f"unexpected UNet parameter {key!r}")
-    return "model.diffusion_model." + new_key
-
-
-def vae_key_to_original(key: str, value: torch.Tensor, levels: int = 4) -> tuple[str, torch.Tensor]:
-    """diffusers AutoencoderKL key -> CompVis `first_stage_model.*` key (attention linears become 1x1 convs)."""
-    rest = key
-    if match := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key):
-        names = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-        inner = match[2]
-        for new, old in names.items():
-            if inner.startswith(new + "."):
-                inner = old + inner[len(new):]
-                break
-        if value.ndim == 2:
-            value = value[:, :, None, None]
-        rest = f"{match[1]}.mid.attn_1.{inner}"
-    elif match := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)", key):
-        rest = f"{match[1]}.mid.block_{int(match[2]) + 1}.{match[3]}"
-    elif match := re.match(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        rest = f"encoder.down.{match[1]}.block.{match[2]}.{match[3]}"
-    elif match := re.match(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        rest = f"encoder.down.{match[1]}.downsample.conv.{match[2]}"
-    elif match := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-        rest = f"decoder.up.{levels - 1 - int(match[1])}.block.{match[2]}.{match[3]}"
-    elif match := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
-        rest = f"decoder.up.{levels - 1 - int(match[1])}.upsample.conv.{match[2]}"
-    elif match := re.match(r"(encoder|decoder)\.conv_norm_out\.(.*)", key):
-        rest = f"{match[1]}.norm_out.{match[2]}"
-    rest = rest.replace("conv_shortcut", "nin_shortcut")
-    return "first_stage_model." + rest, value
-
-
-def write_original_checkpoint(components, path: str | Path) -> Path:
-    """Save components' UNet, VAE and text encoder as one CompVis-style checkpoint (`.ckpt` or `.safetensors`)."""
-    unet_config = components.unet.config
-    state = {}
-    for key, value in components.unet.state_dict().items():
-        state[unet_key_to_original(key, unet_config.layers_per_block, len(unet_config.block_out_channels))] = value
-    levels = len(components.vae.config.block_out_channels)
-    for key, value in components.vae.state_dict().items():
-        new_key, new_value = vae_key_to_original(key, value, levels)
-        state[new_key] = new_value
-    for key, value in components.text_encoder.state_dict().items():
-        state["cond_stage_model.transformer." + key] = value
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        save_weights(state, path)
-    else:
-        save_torch({"state_dict": {key: value.contiguous() for key, value in state.items()}, "global_step": 0},
-                   path)
-    return path
-
-
-
-# --- a toy PhraseCut in the real format, for smoke tests of the whole chain -----------------------------------
-
-TOY_SHAPES = (("red", (220, 40, 40)), ("blue", (40, 60, 220)), ("green", (40, 200, 60)))
-
-
-def write_toy_phrasecut(root: str | Path, samples_per_split: int = 6, size: int = 64, seed: int = 0,
-                        splits=("train", "val", "test")) -> Path:
-    """A few images with one coloured square on grey noise, phrase "<colour> square", in VGPhraseCut_v0 format."""
-    import numpy as np
-
-    from ldznet.data.phrasecut import write_phrasecut_split
-
-    rng = np.random.default_rng(seed)
-    next_id = 1000
-    for split in splits:
-        samples = []
-        for _ in range(samples_per_split):
-            image = rng.integers(90, 140, size=(size, size, 3), dtype=np.uint8)
-            colour_name, colour = TOY_SHAPES[int(rng.integers(len(TOY_SHAPES)))]
-            side = int(rng.integers(size // 4, size // 2))
-            x0, y0 = (int(v) for v in rng.integers(0, size - side, size=2))
-            image[y0:y0 + side, x0:x0 + side] = colour
-            square = [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side]]
-            samples.append({"image_id": next_id, "image": image,
-                            "phrases": [{"phrase": f"{colour_name} square", "instances": [[square]]}]})
-            next_id += 1
-        write_phrasecut_split(root, split, samples)
-    return Path(root)

@@ -1,4 +1,4 @@
-"""SfS supervision (dissertation Eq. 2.9) and the face overall loss (Eq. 2.10 with alpha = (1, 10, 0.1)).
+"""SfS supervision (dissertation Eq. 2.9) and the face weights of the overall loss (Eq. 2.10, alpha = (1, 10, 0.1)).
 
 As in the official `sfs_loss.py` and SfSNet's Caffe prototxt (docs/ref-sharingan.md §2.5):
     L_sfs = 0.5 L1(normal * m) + 0.5 L1(albedo * m) + 0.1 L2(lighting) + 0.5 L1(shading * albedo * m, image * m)
@@ -81,9 +81,3 @@ def sfs_supervision(prediction: Mapping[str, torch.Tensor], target: Mapping[str,
 # (sharingan.lit_module) combines the shared terms of sharingan.losses with these weights, read from
 # experiments/chapter2/faces_base.yaml (`sharingan.weights`).
 FACE_WEIGHTS = SharinGANWeights(adversarial=1.0, reconstruction=10.0, task=0.1, gradient_penalty=10.0)
-
-
-def face_overall_loss(adversarial: torch.Tensor, reconstruction: torch.Tensor, task: torch.Tensor,
-                      weights: SharinGANWeights = FACE_WEIGHTS) -> torch.Tensor:
-    """Eq. 2.10 for the generator: alpha_1 L_adv + alpha_2 L_r + alpha_3 (L_sfs,real + L_sfs,syn)."""
-    return weights.adversarial * adversarial + weights.reconstruction * reconstruction + weights.task * task

@@ -228,11 +228,6 @@ def multipie_light(shot: int, n_shots: int = 19) -> np.ndarray:
     return directional_sh(direction, 0.7, 0.4)
 
 
-def faces_for_identities(seed: int, n: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    return [sample_face(rng) for _ in range(n)]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Writers: the arrays above through the chapter-2 format writers
 

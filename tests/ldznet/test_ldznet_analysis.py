@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from common.config import load_config
+from common.testing import write_tiny_stable_diffusion
 from ldznet.analysis.coarse_masks import coarse_mask
 from ldznet.analysis.coarse_masks import main as coarse_masks_main
 from ldznet.analysis.probe import run_probe
 from ldznet.data.transforms import write_image
 from ldznet.stable_diffusion import load_stable_diffusion
-from ldznet.tiny_configs import write_tiny_stable_diffusion, write_toy_phrasecut
+from tests.helpers.toy_phrasecut import write_toy_phrasecut
 
 
 @pytest.fixture(scope="module")

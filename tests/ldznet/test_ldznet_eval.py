@@ -335,10 +335,10 @@ def test_cli_on_aigi_and_refcoco(tmp_path, monkeypatch, dataset):
 @pytest.mark.slow
 def test_cli_with_a_real_tiny_ldznet_checkpoint(tmp_path):
     """Integration with the models part: a tiny LD-ZNet written by ldznet.checkpoints, run by the CLI."""
+    from common.testing import write_tiny_stable_diffusion
     from ldznet.checkpoints import save_segmenter
     from ldznet.models import build_segmenter
     from ldznet.stable_diffusion import components_from_config
-    from ldznet.tiny_configs import write_tiny_stable_diffusion
 
     sd = write_tiny_stable_diffusion(tmp_path / "tiny_sd")
     model_cfg = {"variant": "ldznet", "image_size": 64, "stable_diffusion": {"path": str(sd)}}

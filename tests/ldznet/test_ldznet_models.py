@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.testing import write_tiny_stable_diffusion
 from ldznet.models import build_segmenter, parameter_counts
 from ldznet.models.attention_pool import AttentionPool
 from ldznet.models.ldm_features import spatial_attention_blocks
 from ldznet.stable_diffusion import build_random_components, load_stable_diffusion, load_tokenizer
 from ldznet.summary import main as summary_main
-from ldznet.tiny_configs import write_tiny_stable_diffusion, write_tiny_tokenizer
+from ldznet.tiny_configs import write_tiny_tokenizer
 
 PROMPTS = ["a photo of a red square", "blue square"]
 

@@ -7,10 +7,11 @@ import pytest
 from PIL import Image
 
 from common.config import load_config
+from common.testing import write_tiny_stable_diffusion
 from ldznet.data.transforms import write_image
 from ldznet.pipeline import run_pipeline
 from ldznet.predict import main as predict_main
-from ldznet.tiny_configs import write_tiny_stable_diffusion, write_toy_phrasecut
+from tests.helpers.toy_phrasecut import write_toy_phrasecut
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.config import load_config
+from common.testing import write_tiny_stable_diffusion
 from ldznet.data import build_dataset
 from ldznet.eval import evaluate_segmenter
 from ldznet.lit_module import TrainableEMA, training_plan
 from ldznet.models import build_segmenter
 from ldznet.models.ldm_features import per_sample_noise
 from ldznet.stable_diffusion import load_stable_diffusion
-from ldznet.tiny_configs import write_tiny_stable_diffusion, write_toy_phrasecut
+from tests.helpers.toy_phrasecut import write_toy_phrasecut
 
 PAPER = load_config("experiments/chapter3/ldznet.yaml", [])
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from common.testing import write_tiny_stable_diffusion
 from ldznet.models.text_conditioning import FrozenTextConditioning
 from ldznet.stable_diffusion import load_stable_diffusion, make_scheduler
-from ldznet.tiny_configs import unet_key_to_original, write_original_checkpoint, write_tiny_stable_diffusion
+from tests.helpers.stable_diffusion_checkpoints import unet_key_to_original, write_original_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,13 @@ from torch import nn
 
 from common.checkpoints import load_torch
 from common.config import load_config
+from common.testing import write_tiny_stable_diffusion
 from ldznet.checkpoints import load_segmenter, save_segmenter
 from ldznet.lit_module import SegmenterLitModule, TrainableEMA, scaled_learning_rate
 from ldznet.models import build_segmenter
 from ldznet.stable_diffusion import load_stable_diffusion
-from ldznet.tiny_configs import write_tiny_stable_diffusion, write_toy_phrasecut
 from ldznet.train import train
+from tests.helpers.toy_phrasecut import write_toy_phrasecut
 
 
 @pytest.fixture(scope="module")

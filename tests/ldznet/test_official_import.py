@@ -22,6 +22,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 from omegaconf import OmegaConf
 from PIL import Image
 
+from common.testing import write_tiny_stable_diffusion
 from ldznet import official
 from ldznet.checkpoints import load_segmenter
 from ldznet.eval import main as eval_main
@@ -29,14 +30,9 @@ from ldznet.import_official import main as import_main
 from ldznet.models import build_segmenter
 from ldznet.predict import main as predict_main
 from ldznet.stable_diffusion import build_random_components, load_stable_diffusion
-from ldznet.tiny_configs import (
-    TINY_UNET_CONFIG,
-    tiny_architecture,
-    unet_key_to_original,
-    vae_key_to_original,
-    write_tiny_stable_diffusion,
-    write_toy_phrasecut,
-)
+from ldznet.tiny_configs import TINY_UNET_CONFIG, tiny_architecture
+from tests.helpers.stable_diffusion_checkpoints import unet_key_to_original, vae_key_to_original
+from tests.helpers.toy_phrasecut import write_toy_phrasecut
 
 TINY_IMAGE = 64
 PROMPTS = ["red square", "a photo of a blue square"]

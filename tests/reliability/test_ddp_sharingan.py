@@ -26,7 +26,7 @@ import torch
 
 from common.config import REPO_ROOT, load_config
 from common.resilience import sample_seed
-from sharingan.data.depth_fixtures import write_depth_fixtures
+from common.testing import write_depth_fixtures
 from sharingan.data.loaders import resumable_loader
 from sharingan.lit_module import (
     SharinGANModule,

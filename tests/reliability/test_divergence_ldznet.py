@@ -12,10 +12,11 @@ import torch
 from common.checkpoints import load_torch
 from common.config import load_config
 from common.resilience import NonFiniteLossError
+from common.testing import write_tiny_stable_diffusion
 from ldznet.data import NumberedSamples
 from ldznet.lit_module import SegmenterLitModule
-from ldznet.tiny_configs import write_tiny_stable_diffusion, write_toy_phrasecut
 from ldznet.train import main, train
+from tests.helpers.toy_phrasecut import write_toy_phrasecut
 
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "chapter3" / "tiny.yaml"
 

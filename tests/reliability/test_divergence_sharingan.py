@@ -13,7 +13,7 @@ import torch
 from common.checkpoints import load_torch
 from common.config import REPO_ROOT, load_config
 from common.resilience import DivergenceGuard, NonFiniteLossError
-from sharingan.data.depth_fixtures import write_depth_fixtures
+from common.testing import write_depth_fixtures
 from sharingan.lit_module import TRAIN_STATE_KEY
 from sharingan.train import main, run_stage
 

@@ -15,9 +15,10 @@ import torch
 from common.checkpoints import load_torch
 from common.config import load_config
 from common.resilience import StepSeededSampler, sample_seed
+from common.testing import write_tiny_stable_diffusion
 from ldznet.data import EpochStepSampler, NumberedSamples
-from ldznet.tiny_configs import write_tiny_stable_diffusion, write_toy_phrasecut
 from ldznet.train import train
+from tests.helpers.toy_phrasecut import write_toy_phrasecut
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "experiments" / "chapter3" / "tiny.yaml"

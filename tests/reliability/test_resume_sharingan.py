@@ -19,7 +19,7 @@ import torch
 from common.checkpoints import load_torch, save_torch
 from common.config import REPO_ROOT, load_config
 from common.resilience import SeededSamples, StepSeededSampler
-from sharingan.data.depth_fixtures import write_depth_fixtures
+from common.testing import write_depth_fixtures
 from sharingan.data.loaders import ShardedStepSampler, resumable_loader
 from sharingan.lit_module import TRAIN_STATE_KEY, save_networks
 from sharingan.train import run_stage

@@ -14,7 +14,7 @@ import pytest
 
 from common.checkpoints import load_torch
 from common.config import REPO_ROOT
-from sharingan.data.depth_fixtures import write_depth_fixtures
+from common.testing import write_depth_fixtures
 from sharingan.lit_module import TRAIN_STATE_KEY
 
 DEPTH_TINY = REPO_ROOT / "experiments" / "chapter2" / "depth_tiny.yaml"

@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common.config import REPO_ROOT, load_config
-from sharingan.data.depth_fixtures import write_depth_fixtures
+from common.testing import write_depth_fixtures
 from sharingan.lit_module import SharinGANModule, batch_chunks, split_batch
 from sharingan.pipeline import run_pipeline
 from sharingan.train import main as train_main

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.config import load_config
-from sharingan.face_losses import FACE_WEIGHTS, SfSWeights, face_overall_loss, sfs_supervision
+from sharingan.face_losses import FACE_WEIGHTS, SfSWeights, sfs_supervision
 from sharingan.losses import SharinGANWeights
 from sharingan.models.sfsnet import encode_normals, render
 
@@ -69,10 +69,8 @@ def test_shape_mismatch_names_the_key():
         sfs_supervision(prediction, target, image)
 
 
-def test_face_overall_loss_uses_alpha_1_10_0_1_and_the_configs_agree():
+def test_face_weights_are_alpha_1_10_0_1_and_the_configs_agree():
     assert (FACE_WEIGHTS.adversarial, FACE_WEIGHTS.reconstruction, FACE_WEIGHTS.task) == (1.0, 10.0, 0.1)
-    value = face_overall_loss(torch.tensor(2.0), torch.tensor(0.3), torch.tensor(50.0))
-    assert value.item() == pytest.approx(2.0 + 3.0 + 5.0)
     cfg = load_config(ROOT / "experiments" / "chapter2" / "faces_sharingan.yaml")
     assert SharinGANWeights(**cfg.sharingan.weights) == FACE_WEIGHTS
     assert SfSWeights(**cfg.sfs_weights) == SfSWeights(0.5, 0.5, 0.1, 0.5)

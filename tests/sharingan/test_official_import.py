@@ -594,7 +594,7 @@ def test_faces_pipeline_evaluates_the_official_file(tmp_path):
 
 @pytest.mark.slow
 def test_depth_pipeline_evaluates_the_official_file(tmp_path):
-    from sharingan.data.depth_fixtures import write_depth_fixtures
+    from common.testing import write_depth_fixtures
     from sharingan.pipeline import run_pipeline
 
     data = write_depth_fixtures(tmp_path / "data")
