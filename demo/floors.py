@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from demo.data_overrides import depth_data_overrides, faces_data_overrides, ldznet_data_overrides
 from demo.per_image import (
     depth_per_image,
     faces_per_image,
@@ -177,7 +178,6 @@ def _chapter2_floor(ctx: StageContext, task_name: str, world_stage: str, stage: 
 
 
 def run_floors_depth(ctx: StageContext) -> dict:
-    from demo.plan import depth_data_overrides
     from sharingan.tasks.depth import vkitti_entries
 
     def networks(cfg):
@@ -189,8 +189,6 @@ def run_floors_depth(ctx: StageContext) -> dict:
 
 
 def run_floors_faces(ctx: StageContext) -> dict:
-    from demo.plan import faces_data_overrides
-
     def networks(cfg):
         return {"generator": None, "task_network": ConstantFaceNetwork(mean_training_lighting(cfg))}
 
@@ -205,7 +203,6 @@ def run_floors_segmentation(ctx: StageContext) -> dict:
     from torch.utils.data import DataLoader
 
     from common.config import load_config
-    from demo.plan import ldznet_data_overrides
     from ldznet.checkpoints import load_segmenter
     from ldznet.data import build_dataset
     from ldznet.eval import evaluate_segmenter

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.config import EXPERIMENTS_ROOT, load_config
 from demo import floors
+from demo.data_overrides import depth_data_overrides, faces_data_overrides, ldznet_data_overrides
 from demo.stages import Stage, StageContext, StageNotRunnable, plain
 
 DEMO_EXPERIMENTS = EXPERIMENTS_ROOT / "demo"
@@ -105,20 +106,6 @@ def run_tiny_ldm(ctx: StageContext) -> dict:
 
 # ----------------------------------------------------------------------------------------------- chapter 2
 
-def depth_data_overrides(world: Path) -> list[str]:
-    kitti = world / "kitti"
-    return [f"data.vkitti.root={world / 'vkitti'}", "data.vkitti.version=1",
-            f"data.vkitti.train_lists=[{world / 'vkitti' / 'trainA.txt'}]",
-            f"data.kitti.root={kitti}", f"data.kitti.train_list={kitti / 'train.txt'}",
-            f"data.kitti.val_list={kitti / 'val.txt'}", f"data.kitti.test_list={kitti / 'test.txt'}",
-            f"data.make3d.root={world / 'make3d'}"]
-
-
-def faces_data_overrides(world: Path) -> list[str]:
-    return [f"data.synthetic_root={world / 'sfsnet'}", f"data.celeba_root={world / 'celeba'}",
-            f"data.photoface_root={world / 'photoface'}", f"data.multipie_root={world / 'multipie'}"]
-
-
 def _read_rows(summary: dict) -> dict[str, dict]:
     rows = {}
     for name, entry in summary.get("rows", {}).items():
@@ -152,15 +139,6 @@ def run_chapter2(task: str, world_stage: str, overrides_for):
 
 # ----------------------------------------------------------------------------------------------- chapter 3
 
-EVAL_SETS = ("phrasecut", "aigi", "refcoco", "refcoco_plus", "refcocog")
-
-
-def ldznet_data_overrides(world: Path, ldm: Path) -> list[str]:
-    roots = {"phrasecut": world / "phrasecut", "aigi": world / "aigi", "refcoco": world / "refer",
-             "refcoco_plus": world / "refer", "refcocog": world / "refer"}
-    return [f"model.stable_diffusion.path={ldm}", f"data.train.root={roots['phrasecut']}",
-            f"data.val.root={roots['phrasecut']}"] + [
-        f"pipeline.evaluation.datasets.{name}.root={roots[name]}" for name in EVAL_SETS]
 
 
 def run_ldznet(ctx: StageContext) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -71,6 +72,14 @@ def generate_pseudo_labels(task_network: nn.Module, dataset: CelebAImages, out_d
     return csv_path
 
 
+def face_image_size(cfg: DictConfig) -> int:
+    """The face image side S of a config's `data.size` ([S, S]); `sharingan.tasks.normals.image_size`."""
+    size = [int(v) for v in cfg.data.size]
+    if len(size) != 2 or size[0] != size[1]:
+        raise ValueError(f"config key data.size must be square [S, S] for faces, got {size}")
+    return size[0]
+
+
 def label_from_checkpoint(checkpoint: str | Path, celeba_root: str | Path, out_dir: str | Path,
                           split: str = "train", image_size: int | None = None, crop_size: int = 178,
                           crop_center: Sequence[float] | None = None, batch_size: int = 32,
@@ -78,10 +87,8 @@ def label_from_checkpoint(checkpoint: str | Path, celeba_root: str | Path, out_d
                           mask: str = "landmarks") -> Path:
     """Load the SfSNet of a face networks checkpoint (task 'normals') and label a CelebA split; `mask`:
     'landmarks' (face ellipse from CelebA's landmark file) or 'none' (all ones)."""
-    from sharingan.tasks.normals import image_size as configured_size  # normals imports this module
-
     networks, cfg, payload = load_networks(checkpoint, task="normals")
-    size = int(image_size if image_size is not None else configured_size(cfg))
+    size = int(image_size if image_size is not None else face_image_size(cfg))
     dataset = CelebAImages(celeba_root, split, image_size=size, crop_size=crop_size, crop_center=crop_center,
                            limit=limit, mask=mask)
     provenance = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_of_file(checkpoint),

@@ -41,19 +41,13 @@ from sharingan.lit_module import batch_chunks
 from sharingan.models.face_critic import FaceCritic
 from sharingan.models.rbdn import RBDN
 from sharingan.models.sfsnet import SfSNet, decode_normals, render
+from sharingan.pseudo_labels import face_image_size as image_size  # the pseudo-labeller reads it too
 from sharingan.pseudo_labels import label_from_checkpoint
 
 NAME = "normals"
 PIPELINE_CONFIG = "experiments/chapter2/faces_pipeline.yaml"
 MONITOR = ("val/mae_deg", "min")  # the official code selects the best Photoface-val checkpoint
 PAPER_TABLES = Path(__file__).resolve().parents[2] / "experiments" / "chapter2" / "paper_tables_faces.yaml"
-
-
-def image_size(cfg: DictConfig) -> int:
-    size = [int(v) for v in cfg.data.size]
-    if len(size) != 2 or size[0] != size[1]:
-        raise ValueError(f"config key data.size must be square [S, S] for faces, got {size}")
-    return size[0]
 
 
 # ------------------------------------------------------------------------------------------------ networks

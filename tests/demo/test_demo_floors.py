@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.config import EXPERIMENTS_ROOT, load_config
+from demo.data_overrides import depth_data_overrides, faces_data_overrides
 from demo.floors import (
     AllForeground,
     ConstantDepthNetwork,
@@ -19,7 +20,6 @@ from demo.floors import (
     write_prompt_blind_phrasecut,
 )
 from demo.per_image import depth_per_image, faces_per_image, segmentation_curves
-from demo.plan import depth_data_overrides, faces_data_overrides
 
 DEMO = EXPERIMENTS_ROOT / "demo"
 

@@ -1,0 +1,31 @@
+"""The config overrides that point each chapter's experiments at the generated worlds (used by the chapter
+stages of `demo.plan` and by the floors of `demo.floors`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def depth_data_overrides(world: Path) -> list[str]:
+    kitti = world / "kitti"
+    return [f"data.vkitti.root={world / 'vkitti'}", "data.vkitti.version=1",
+            f"data.vkitti.train_lists=[{world / 'vkitti' / 'trainA.txt'}]",
+            f"data.kitti.root={kitti}", f"data.kitti.train_list={kitti / 'train.txt'}",
+            f"data.kitti.val_list={kitti / 'val.txt'}", f"data.kitti.test_list={kitti / 'test.txt'}",
+            f"data.make3d.root={world / 'make3d'}"]
+
+
+def faces_data_overrides(world: Path) -> list[str]:
+    return [f"data.synthetic_root={world / 'sfsnet'}", f"data.celeba_root={world / 'celeba'}",
+            f"data.photoface_root={world / 'photoface'}", f"data.multipie_root={world / 'multipie'}"]
+
+
+EVAL_SETS = ("phrasecut", "aigi", "refcoco", "refcoco_plus", "refcocog")
+
+
+def ldznet_data_overrides(world: Path, ldm: Path) -> list[str]:
+    roots = {"phrasecut": world / "phrasecut", "aigi": world / "aigi", "refcoco": world / "refer",
+             "refcoco_plus": world / "refer", "refcocog": world / "refer"}
+    return [f"model.stable_diffusion.path={ldm}", f"data.train.root={roots['phrasecut']}",
+            f"data.val.root={roots['phrasecut']}"] + [
+        f"pipeline.evaluation.datasets.{name}.root={roots[name]}" for name in EVAL_SETS]
