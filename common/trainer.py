@@ -10,6 +10,11 @@ log_every_n_steps, ...). Added here:
 Several GPUs get DDP through Lightning's own strategy; nothing here launches processes by hand. Processes
 started by torchrun, SLURM (`srun`) or Lightning's DDP launcher all run the same command; `launched_rank_is_zero`
 tells, before any Trainer exists, whether this process is the one that creates the run folder.
+
+The three places where the project reaches inside Lightning's loops (not public API, pytorch-lightning 2.6) are
+the functions at the end of this file: `set_max_steps`, `count_optimizer_steps_as_done` and
+`first_epoch_end_after_resume`. `tests/common/test_trainer.py` checks them against the installed Lightning, so an
+upgrade that changes them fails there, by name, instead of silently changing a training run.
 """
 
 from __future__ import annotations
@@ -91,3 +96,26 @@ def build_trainer(trainer_cfg: DictConfig | dict | None, run_dir: str | Path, mo
         plugins.append(AtomicCheckpointIO())
     return pl.Trainer(logger=logger, callbacks=all_callbacks, default_root_dir=str(run_dir), plugins=plugins,
                       **options)
+
+
+# ------------------------------------------------------------------------------ Lightning internals (adapter)
+def set_max_steps(trainer: pl.Trainer, steps: int) -> None:
+    """Set the training length after the Trainer exists (`Trainer(max_steps=)` stores it in the same place);
+    LD-ZNet's length depends on the device count, which is known only once the Trainer has resolved it."""
+    trainer.fit_loop.epoch_loop.max_steps = steps
+
+
+def count_optimizer_steps_as_done(trainer: pl.Trainer, count: int) -> None:
+    """Manual optimisation: count `count` optimiser steps as taken (and so `trainer.global_step`) without
+    stepping; SharinGAN's skipped batches keep one iteration = a fixed number of global steps."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    for _ in range(count):
+        progress.increment_ready()
+        progress.increment_completed()
+
+
+def first_epoch_end_after_resume(trainer: pl.Trainer) -> bool:
+    """Whether this epoch end is the first one after resuming from a checkpoint saved at the end of an epoch's
+    batches, where Lightning does not step plateau schedulers (LD-ZNet steps its own then)."""
+    fit_loop = trainer.fit_loop
+    return fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached()

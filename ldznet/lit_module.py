@@ -50,6 +50,7 @@ from common.metrics.segmentation import ThresholdSweepMetrics
 from common.performance import fused_kwargs
 from common.resilience import DivergenceGuard, sample_seed, seeded_generators
 from common.runs import write_metrics
+from common.trainer import first_epoch_end_after_resume
 from common.viz import image_grid, overlay_mask
 from ldznet.checkpoints import DEFAULT_TASK, save_segmenter, segmenter_header
 from ldznet.models import build_segmenter, model_options
@@ -322,8 +323,7 @@ class SegmenterLitModule(pl.LightningModule):
         if self._epoch_loss_count:
             mean = self._epoch_loss_mean()
             self.log("train/loss_epoch", mean, on_step=False, on_epoch=True)
-            fit_loop = self.trainer.fit_loop
-            if fit_loop.restarting and fit_loop.epoch_loop._num_ready_batches_reached():
+            if first_epoch_end_after_resume(self.trainer):
                 self._step_plateau(mean)  # Lightning skips plateau schedulers at the first epoch end after a resume
         self._epoch_loss_sum, self._epoch_loss_count = None, 0
 

@@ -39,7 +39,7 @@ from common.config import load_config, parse_cli
 from common.performance import apply_performance
 from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resume
 from common.runs import start_run
-from common.trainer import build_trainer
+from common.trainer import build_trainer, set_max_steps
 from ldznet.data import EpochStepSampler, NumberedSamples, build_dataset
 from ldznet.lit_module import TRAIN_STATE_KEY, SegmenterLitModule, TrainingPlan, training_plan
 
@@ -150,7 +150,7 @@ def train(cfg: DictConfig, components=None, root: str | Path = "runs") -> Path:
                             mode="max", callbacks=[RNGStateCallback()])
     module.training_plan = plan = plan_for(cfg, trainer, max_steps, len(train_loader.dataset))
     # the length depends on the device count Lightning resolved (trainer.world_size), known only now
-    trainer.fit_loop.epoch_loop.max_steps = plan.steps
+    set_max_steps(trainer, plan.steps)
     if trainer.is_global_zero:
         print(plan.line(), flush=True)
     # the module's on_train_end writes segmenter.pt, the final last.ckpt and metrics.json

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from common.checkpoints import load_torch, save_torch
 from common.performance import fused_kwargs
 from common.resilience import DivergenceGuard, sample_seed, seeded_generators
+from common.trainer import count_optimizer_steps_as_done
 from sharingan.losses import SharinGANWeights, critic_loss, generator_adversarial_loss, reconstruction_loss
 from sharingan.tasks import load_task
 
@@ -325,10 +326,7 @@ class SharinGANModule(pl.LightningModule):
     def _skip_rest_of_iteration(self, steps_taken: int) -> None:
         """Count the optimiser steps the skipped batch did not take as done, so that one iteration stays
         `optimizer_steps_per_iteration` global steps (max_steps, checkpoint_every and resume stay aligned)."""
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        for _ in range(optimizer_steps_per_iteration(self.cfg) - steps_taken):
-            progress.increment_ready()
-            progress.increment_completed()
+        count_optimizer_steps_as_done(self.trainer, optimizer_steps_per_iteration(self.cfg) - steps_taken)
 
     def training_step(self, batch: Mapping, batch_index: int) -> None:
         # the step's own noise (WGAN-GP interpolation) is a function of (seed, iteration, rank): exact on resume,
