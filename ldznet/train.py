@@ -69,12 +69,25 @@ def build_loaders(cfg: DictConfig, start_sample: int = 0) -> tuple[DataLoader, D
     return train_loader, val_loader
 
 
+def launcher_job_name() -> str | None:
+    """A run-folder name every process of one launch agrees on, on every node, when an external launcher started
+    them: torchrun (`TORCHELASTIC_RUN_ID` + restart count) or SLURM with several tasks (`SLURM_JOB_ID` + requeue
+    count). A restart or requeue gets a new name, so a resumed run writes a new folder as with one process."""
+    environ = os.environ
+    if "TORCHELASTIC_RUN_ID" in environ:
+        return f"torchrun-{environ['TORCHELASTIC_RUN_ID']}-{environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if "SLURM_JOB_ID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
+        return f"slurm-{environ['SLURM_JOB_ID']}-{environ.get('SLURM_RESTART_COUNT', '0')}"
+    return None
+
+
 def shared_timestamp() -> str:
-    """One run-folder timestamp for all DDP ranks: Lightning starts ranks > 0 as copies of this process
-    with its environment, so rank 0 publishes the timestamp there before `fit`."""
+    """One run-folder name for all DDP ranks. Lightning's own launcher starts ranks > 0 as copies of this
+    process with its environment, so rank 0 publishes its timestamp there before `fit`; under torchrun or SLURM
+    every process (on every node) derives the same name from the launcher's job id instead."""
     if int(os.environ.get("LOCAL_RANK", "0")) > 0 and TIMESTAMP_VARIABLE in os.environ:
         return os.environ[TIMESTAMP_VARIABLE]
-    timestamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    timestamp = launcher_job_name() or datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     os.environ[TIMESTAMP_VARIABLE] = timestamp
     return timestamp
 
