@@ -428,13 +428,18 @@ class SharinGANModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(TRAIN_STATE_KEY)
         if state is not None:
+            saved_world, world = int(state.get("world_size", 1)), self._rank_and_world()[1]
+            if saved_world != world:  # each rank's data stream is seeded by (iteration, rank, world size)
+                raise ValueError(f"cannot resume: the checkpoint was written by {saved_world} process(es) "
+                                 f"(devices x nodes), this run has {world}; the per-rank data streams would not "
+                                 "continue. Resume with the same trainer.devices and trainer.num_nodes")
             self.iteration = int(state["iterations"])
             self.guard.skipped_steps = int(state["skipped_batches"])
 
     def train_state(self) -> dict[str, int]:
         """What exact resume needs beyond Lightning's own state (plain numbers: weights_only loading)."""
         return {"iterations": int(self.iteration), "skipped_batches": int(self.guard.skipped_steps),
-                "seed": int(self.seed)}
+                "seed": int(self.seed), "world_size": self._rank_and_world()[1]}
 
     def log_images(self, batch: Mapping) -> None:
         """Fig 2.4 panels (x, G(x), |x - G(x)| per domain) and the task's prediction panels."""

@@ -63,7 +63,8 @@ def test_skip_policy_skips_the_batch_counts_it_and_keeps_steps_aligned(data, tmp
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["skipped_batches"] == 1 and metrics["global_steps"] == 3 * 7  # the skipped batch counts
     checkpoint = load_torch(run_dir / "checkpoints" / "last.ckpt")
-    assert checkpoint[TRAIN_STATE_KEY] == {"iterations": 3, "skipped_batches": 1, "seed": int(cfg.seed)}
+    assert checkpoint[TRAIN_STATE_KEY] == {"iterations": 3, "skipped_batches": 1, "seed": int(cfg.seed),
+                                           "world_size": 1}
     assert finite(checkpoint["state_dict"])
     # the critic's 5 steps of iteration 1 were taken (finite), G's and T's were not: T stepped twice
     task_state = checkpoint["optimizer_states"][2]["state"]

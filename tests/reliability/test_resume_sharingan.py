@@ -216,3 +216,17 @@ def test_pipeline_resume_last_reuses_finished_stages_and_resumes_interrupted_one
     assert calls == [("train", interrupted), ("pretrain_generator", None)]
     with pytest.raises(ValueError, match="resume=last only"):
         train.run_or_resume(load_config(DEPTH_TINY, ["resume=/some/last.ckpt"]), "train", tmp_path)
+
+
+def test_resume_with_another_world_size_is_refused(depth_data):
+    """Each rank's data stream is seeded by (iteration, rank, world size): a checkpoint written by 2 processes
+    cannot continue exactly in 1, so loading it is refused with a message naming both counts."""
+    from sharingan.lit_module import SharinGANModule
+
+    tiny = REPO_ROOT / "experiments/chapter2/depth_tiny.yaml"
+    module = SharinGANModule(load_config(tiny, depth_overrides(depth_data, 1)))
+    state = module.train_state()
+    assert state["world_size"] == 1
+    module.on_load_checkpoint({TRAIN_STATE_KEY: state})  # same world size: accepted
+    with pytest.raises(ValueError, match=r"written by 2 process\(es\).*this run has 1"):
+        module.on_load_checkpoint({TRAIN_STATE_KEY: dict(state, world_size=2)})
