@@ -76,6 +76,18 @@ def load_torch(path: str | Path, map_location: str | torch.device = "cpu") -> An
         raise ValueError(f"cannot load checkpoint {path} safely (weights_only=True): {error}") from error
 
 
+def load_torch_mapped(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)`, memory-mapped when the file is in the zip format (multi-GB SD / LD-ZNet
+    checkpoints are then not copied into memory); legacy pre-zip files, which cannot be mapped, load plainly.
+    Errors are the caller's to name (each reader explains its own way out)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically (tensors made contiguous; metadata values must be strings)."""
     tensors = {key: value.detach().contiguous().cpu() for key, value in state_dict.items()}

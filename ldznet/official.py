@@ -65,6 +65,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.checkpoints import load_torch_mapped
 from common.safe_pickle import UnsafePickleError
 from ldznet.models import build_segmenter, model_options
 
@@ -383,13 +384,7 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
     if not path.is_file():
         raise FileNotFoundError(f"LD-ZNet checkpoint not found: {path}")
     try:
-        try:
-            top = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            top = torch.load(path, map_location="cpu", weights_only=True)
-        return CheckpointContents(top, "weights_only")
+        return CheckpointContents(load_torch_mapped(path), "weights_only")
     except pickle.UnpicklingError as error:
         refusal = error
     except Exception as error:  # noqa: BLE001 - re-raised with the file name

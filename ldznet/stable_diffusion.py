@@ -26,7 +26,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from common.checkpoints import sha256_of_file, write_json
+from common.checkpoints import load_torch_mapped, sha256_of_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -258,12 +258,7 @@ def _read_original_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as error:
-            if "mmap" not in str(error):
-                raise
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # pre-zip format: no mmap
+        checkpoint = load_torch_mapped(path)
     except Exception as error:  # noqa: BLE001 - re-raised with the file name and a way out
         raise ValueError(
             f"cannot read {path} with torch.load(weights_only=True): {error}. Convert it to .safetensors or a "

@@ -142,6 +142,11 @@ def run_pipeline(task_name: str, config: str | Path | None = None, overrides: Se
         summary["rows"][name] = entry
         write_json(out_dir / "summary.json", summary)
 
+    return finish(task, cfg, stages, results, out_dir, summary)
+
+
+def finish(task, cfg: DictConfig, stages: Sequence[str], results: dict, out_dir: Path, summary: dict) -> dict:
+    """The tables beside the paper's numbers (stage `tables`) and the final `summary.json`."""
     if "tables" in stages and results:
         tables = task.write_tables(cfg, results, out_dir / "tables")
         summary["tables"] = [str(p) for p in tables]
@@ -179,13 +184,7 @@ def run_official(task, cfg: DictConfig, stages: Sequence[str], out_dir: Path, su
         results[name] = evaluate_checkpoint(checkpoint, eval_dir, task=task.NAME)
         entry["metrics"] = str(eval_dir / "metrics.json")
     summary["rows"][name] = entry
-    if "tables" in stages and results:
-        tables = task.write_tables(cfg, results, out_dir / "tables")
-        summary["tables"] = [str(p) for p in tables]
-        print("[tables] " + ", ".join(str(p) for p in tables))
-    write_json(out_dir / "summary.json", summary)
-    print(f"pipeline summary: {out_dir / 'summary.json'}")
-    return {"out_dir": out_dir, **summary}
+    return finish(task, cfg, stages, results, out_dir, summary)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
