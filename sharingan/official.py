@@ -63,6 +63,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from common.checkpoints import sha256_of_file
+from common.config import REPO_ROOT, apply_overrides, load_config
+from sharingan.lit_module import save_networks
+from sharingan.models.critic import ImageCritic
+from sharingan.models.depth_network import DepthUNet
+from sharingan.models.face_critic import FaceCritic
+from sharingan.models.generator import ResNetGenerator
+from sharingan.models.rbdn import RBDN
+from sharingan.models.sfsnet import SfSNet
+from sharingan.tasks import load_task
 
 KEYS_FILE = Path(__file__).with_name("official_keys.json")
 TASKS = ("depth", "normals")
@@ -245,15 +254,7 @@ def key_map(task: str, network: str) -> dict[str, str]:
 def build_official_networks(task: str) -> dict[str, nn.Module]:
     """Our networks at the official sizes (paper widths; critic for 192x640 / 128x128 inputs)."""
     if _check_task(task) == "depth":
-        from sharingan.models.critic import ImageCritic
-        from sharingan.models.depth_network import DepthUNet
-        from sharingan.models.generator import ResNetGenerator
-
         return {"generator": ResNetGenerator(), "task_network": DepthUNet(), "critic": ImageCritic()}
-    from sharingan.models.face_critic import FaceCritic
-    from sharingan.models.rbdn import RBDN
-    from sharingan.models.sfsnet import SfSNet
-
     return {"generator": RBDN(), "task_network": SfSNet(), "critic": FaceCritic(image_size=128)}
 
 
@@ -428,8 +429,6 @@ OFFICIAL_ROW_NAMES = {  # eval.row_name of an imported checkpoint, by the networ
 def official_config(task: str, cfg: DictConfig | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """The config stored with imported networks: `cfg` (default: the task's pipeline config with `overrides`)
     with the official networks' sizes (`OFFICIAL_MODEL`), no pipeline block and experiment `<task>_official`."""
-    from common.config import REPO_ROOT, apply_overrides, load_config
-    from sharingan.tasks import load_task
 
     if cfg is None:
         cfg = load_config(REPO_ROOT / load_task(task).PIPELINE_CONFIG, list(overrides))
@@ -449,8 +448,6 @@ def official_config(task: str, cfg: DictConfig | None = None, overrides: Sequenc
 def import_official(path: str | Path, task: str, out: str | Path, cfg: DictConfig | None = None,
                     overrides: Sequence[str] = ()) -> tuple[Path, dict[str, Any]]:
     """Convert an official file into a networks checkpoint at `out` (atomic); returns (out, report)."""
-    from sharingan.lit_module import save_networks
-    from sharingan.tasks import load_task
 
     cfg = official_config(task, cfg, overrides)
     built = load_task(task).build_networks(cfg)  # the stored config must rebuild exactly these networks

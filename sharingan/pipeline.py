@@ -33,6 +33,7 @@ from common.config import REPO_ROOT, apply_overrides, load_config
 from common.results import mean_and_std
 from common.runs import run_dir_for
 from sharingan.eval import evaluate_checkpoint
+from sharingan.official import describe, import_official
 from sharingan.tasks import load_task
 from sharingan.train import run_or_resume
 
@@ -162,8 +163,6 @@ def run_official(task, cfg: DictConfig, stages: Sequence[str], out_dir: Path, su
     No pretraining or training; the file is imported into `<out_dir>/official/networks.pt`, evaluated on the
     task's benchmarks and written into the tables beside the paper's numbers (row "... authors' weights").
     """
-    from sharingan.official import describe, import_official
-
     official = str(cfg.init.official)
     summary["official"] = official
     summary["skipped_stages"] = [s for s in stages if s in ("pretrain_generator", "pretrain_task", "train")]
