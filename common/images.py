@@ -14,12 +14,18 @@ RGBA (H, W, 4). `load_image_rgb` turns any of these into 8-bit RGB:
 - 16 bits per channel: value / 257, rounded (0 -> 0, 65535 -> 255); the note says when the image uses only a
   small part of the 16-bit range (then it is probably a depth or label map, not a photo);
 - palette, CMYK and other colour modes: converted by Pillow.
+
+`read_rgb` is the one image reader of the datasets of both chapters (issue 14): `pixels="uint8"` gives
+`load_image_rgb`'s (H, W, 3) uint8 RGB (depth and Chapter 3 datasets), `pixels="unit_float"` gives float32 RGB
+in [0, 1] at the file's own precision (the face datasets). It never resizes: each dataset resizes with its own
+filter afterwards (`sharingan.data.images.resize`, Pillow as the official depth code; `cv2` for faces).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -142,6 +148,39 @@ def load_image_rgb(path: str | Path, background: tuple[int, int, int] = (255, 25
     if mode in ("1", "P", "PA") or mode in _COLOUR_MODES:
         notes.insert(0, f"{mode} image converted to RGB")
     return LoadedImage(rgb, f"{path}: " + "; ".join(notes) if notes else None)
+
+
+def read_rgb(path: str | Path, what: str = "image", *, pixels: Literal["uint8", "unit_float"] = "uint8",
+             log: logging.Logger | None = None) -> np.ndarray:
+    """Read a PNG/JPEG as RGB pixels; missing, corrupt or truncated files raise errors naming the file.
+
+    pixels="uint8": (H, W, 3) uint8 as `load_image_rgb` (greyscale repeated, transparency composited on white,
+    16 bits -> value / 257 rounded).
+    pixels="unit_float": (H, W, 3) float32 in [0, 1] = stored value / 255 (8-bit) or / 65535 (16-bit), keeping
+    16-bit precision; greyscale repeated, an alpha channel dropped (not composited).
+    log: when given, the conversion note (see `load_image_rgb`) is logged on it at INFO level.
+    """
+    if pixels == "uint8":
+        image, note = load_image_rgb(path, what=what)
+    elif pixels == "unit_float":
+        array, _ = read_image(path, what)
+        scale = 65535.0 if array.dtype == np.uint16 else 255.0
+        notes = []
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.shape[2] in (2, 4):
+            array = array[..., :-1]
+            notes.append("alpha channel dropped")
+        if array.shape[2] == 1:
+            array = np.repeat(array, 3, axis=2)
+            notes.append("greyscale image converted to RGB (grey channel repeated)")
+        image = array.astype(np.float32) / scale
+        note = f"{path}: " + "; ".join(notes) if notes else None
+    else:
+        raise ValueError(f"read_rgb({path}): pixels must be 'uint8' or 'unit_float', got {pixels!r}")
+    if log is not None and note:
+        log.info("%s", note)
+    return image
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -18,6 +18,7 @@ the image) and `<image>__<prompt>_mask_overlay.png` (map above its mean, in red,
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.images import list_images
+from common.images import list_images, read_rgb
 from common.viz import overlay_mask, save_png
-from ldznet.data.transforms import read_rgb
 from ldznet.models.text_conditioning import FrozenTextConditioning
 from ldznet.predict import prepare_image, slug
 from ldznet.stable_diffusion import StableDiffusionComponents, load_stable_diffusion
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -64,7 +66,7 @@ def write_coarse_masks(components: StableDiffusionComponents, images: Sequence[P
     out = Path(out)
     written = []
     for path in tqdm(images, desc="coarse masks", unit="image"):
-        image = read_rgb(path)
+        image = read_rgb(path, log=log)
         tensor = prepare_image(image, image_size).to(device)
         for prompt in prompts:
             heat = coarse_mask(components, tensor, [prompt], timestep, seed)[None]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import re
 import sys
@@ -41,8 +42,11 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common.checkpoints import write_json
+from common.images import read_rgb
 from ldznet.data.phrasecut import DEFAULT_EVAL_TEMPLATE, apply_prompt
-from ldznet.data.transforms import check_same_size, image_to_tensor, mask_to_tensor, read_rgb, write_image
+from ldznet.data.transforms import check_same_size, image_to_tensor, mask_to_tensor, write_image
+
+log = logging.getLogger(__name__)
 
 FORMAT = "aigi-v1"
 RESIZE_MODES = ("square", "keep_aspect")
@@ -154,7 +158,7 @@ class AIGIDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        image = read_rgb(self.root / sample["image"])
+        image = read_rgb(self.root / sample["image"], log=log)
         mask = read_binary_mask(self.root / sample["mask"])
         check_same_size(image, mask, f"AIGI sample {index} ({sample['image']} vs {sample['mask']})")
         if self.resize == "square":
@@ -222,7 +226,7 @@ def convert_source(src: str | Path, dst: str | Path) -> int:
         images = [p for p in folder.iterdir() if p.stem == "image" and p.suffix.lower() in _IMAGE_SUFFIXES]
         if len(images) != 1:
             raise ValueError(f"{folder}: expected exactly one image.<png|jpg|jpeg|webp>, found {len(images)}")
-        image = read_rgb(images[0])
+        image = read_rgb(images[0], log=log)
         prompts: dict[str, np.ndarray] = {}
         for mask_path in sorted(
             p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.stem != "image"

@@ -20,6 +20,7 @@ One sample per task (image, phrase). The mask is the union of all polygons of al
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -27,15 +28,17 @@ import torch
 from torch.utils.data import Dataset
 
 from common.checkpoints import write_json
+from common.images import read_rgb
 from ldznet.data.transforms import (
     check_same_size,
     image_to_tensor,
     mask_to_tensor,
     random_square_crop,
-    read_rgb,
     write_image,
     xy_polygons_to_mask,
 )
+
+log = logging.getLogger(__name__)
 
 # The "shuffle+" prompt list of CLIPSeg that LD-ZNet samples from (docs/ref-ldznet.md §1.3).
 PROMPT_TEMPLATES = (
@@ -240,7 +243,7 @@ class PhraseCutDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         path = self.image_path(sample["image_id"])
-        image = read_rgb(path)
+        image = read_rgb(path, log=log)
         mask = self.load_mask(index)
         if image.shape[:2] != (sample["height"], sample["width"]):
             raise ValueError(

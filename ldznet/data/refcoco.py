@@ -17,6 +17,7 @@ One sample per (ref, sentence); the image is squashed to ``image_size`` x ``imag
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,10 +25,13 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from common.checkpoints import atomic_write, write_json
+from common.images import read_rgb
 from ldznet.data.coco_masks import encode_rle, segmentation_to_mask
 from ldznet.data.phrasecut import DEFAULT_EVAL_TEMPLATE, apply_prompt
 from ldznet.data.safe_pickle import safe_dumps, safe_load
-from ldznet.data.transforms import check_same_size, image_to_tensor, mask_to_tensor, read_rgb, write_image
+from ldznet.data.transforms import check_same_size, image_to_tensor, mask_to_tensor, write_image
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
 DEFAULT_PARTITION = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
@@ -193,7 +197,7 @@ class RefCOCODataset(Dataset):
         sample = self.samples[index]
         info = self.images[sample["image_id"]]
         path = self.images_dir / info["file_name"]
-        image = read_rgb(path)
+        image = read_rgb(path, log=log)
         if image.shape[:2] != (int(info["height"]), int(info["width"])):
             raise ValueError(
                 f"{path}: image is {image.shape[0]}x{image.shape[1]} (HxW) but instances.json says "

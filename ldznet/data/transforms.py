@@ -1,4 +1,5 @@
-"""Image/mask helpers shared by the Chapter-3 datasets: reading, the square crop, resizing to the model size.
+"""Image/mask helpers shared by the Chapter-3 datasets: writing, the square crop, resizing to the model size
+(images are read by `common.images.read_rgb`).
 
 Conventions (docs/ref-ldznet.md §1.1, §3.2): images are RGB float tensors (3, H, W) in [-1, 1]
 (``2 * x / 255 - 1``), resized bilinearly (``align_corners=True`` as in the CLIPSeg/LD-ZNet loaders);
@@ -8,7 +9,6 @@ masks are float tensors (1, H, W) in {0, 1}, resized with nearest neighbour.
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +18,6 @@ from PIL import Image
 from skimage.draw import polygon2mask
 
 from common.checkpoints import atomic_write
-from common.images import load_image_rgb
-
-log = logging.getLogger(__name__)
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB; missing, corrupt or truncated files raise errors naming them.
-
-    Greyscale, palette, RGBA (composited on white when partly transparent) and 16-bit files (value / 257) are
-    converted by `common.images.load_image_rgb`; the conversion note is logged at INFO level.
-    """
-    image, note = load_image_rgb(path)
-    if note:
-        log.info("%s", note)
-    return image
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> Path:

@@ -35,10 +35,10 @@ import torch
 from torch.utils.data import Dataset
 
 from common.checkpoints import write_text
+from common.images import read_rgb
 from sharingan.data.sfsnet_synthetic import (
     FaceLabelDataset,
     read_face_csv,
-    read_rgb,
     real_looking_face,
     split_records,
     to_chw,
@@ -217,7 +217,8 @@ class CelebAImages(Dataset):
     def __getitem__(self, index: int) -> dict:
         name = self.names[index]
         path = self.root / IMAGE_FOLDER / name
-        array = read_rgb(path)  # whole file decoded: a truncated JPEG is an error naming it
+        # whole file decoded: a truncated JPEG is an error naming it
+        array = read_rgb(path, "image file", pixels="unit_float")
         crop = crop_face(array, self.crop_size, self.crop_center, self.image_size)
         item = {"image": to_chw(crop), "name": name}
         if self.landmarks is not None:

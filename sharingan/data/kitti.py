@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from common.images import read_rgb
 from common.safe_pickle import load_npz
-from sharingan.data.images import colour_jitter, read_rgb, resize, rotate, to_network, write_rgb
+from sharingan.data.images import colour_jitter, resize, rotate, to_network, write_rgb
 
 LAYOUT = ("<root>/<date>/calib_cam_to_cam.txt, calib_velo_to_cam.txt; <root>/<date>/<drive>_sync/"
           "image_02|image_03/data/<frame>.png; velodyne_points/data/<frame>.bin")

@@ -20,7 +20,8 @@ import numpy as np
 import scipy.io
 from torch.utils.data import Dataset
 
-from sharingan.data.images import read_rgb, resize, to_network, write_rgb
+from common.images import read_rgb
+from sharingan.data.images import resize, to_network, write_rgb
 
 LAYOUT = "<root>/Test134/img-<stem>.jpg + <root>/Gridlaserdata/depth_sph_corr-<stem>.mat (Position3DGrid)"
 RESIZE_HW = (2000, 1800)

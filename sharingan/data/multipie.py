@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sharingan.data.sfsnet_synthetic import ellipsoid_normals, read_rgb, to_chw, write_png
+from common.images import read_rgb
+from sharingan.data.sfsnet_synthetic import ellipsoid_normals, to_chw, write_png
 from sharingan.models.sfsnet import SH_COEFFICIENTS, sh_shading
 
 NEUTRAL_RECORDINGS = ((1, 1), (2, 1), (3, 1), (4, 1), (4, 2))
@@ -101,7 +102,8 @@ class MultiPIEDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         entry = self.images[index]
-        image = center_crop_resize(read_rgb(entry.path), self.crop_size, self.image_size)
+        image = read_rgb(entry.path, "image file", pixels="unit_float")
+        image = center_crop_resize(image, self.crop_size, self.image_size)
         return {"image": to_chw(image), "label": self.shots.index(entry.shot), "subject": entry.subject,
                 "path": str(entry.path)}
 

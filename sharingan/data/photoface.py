@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common.checkpoints import write_text
+from common.images import read_rgb
 from sharingan.data.sfsnet_synthetic import (
     check_same_size,
     read_mask,
-    read_rgb,
     real_looking_face,
     resize_square,
     to_chw,
@@ -130,7 +130,8 @@ class PhotofaceDataset(Dataset):
         image_path = self.root / self.entries[index].relative
         size = self.image_size
         normal_path, mask_path = sibling(image_path, "normal"), sibling(image_path, "mask")
-        image, normal_rgb = read_rgb(image_path), read_rgb(normal_path)
+        image = read_rgb(image_path, "image file", pixels="unit_float")
+        normal_rgb = read_rgb(normal_path, "image file", pixels="unit_float")
         mask = read_mask(mask_path, None, MASK_THRESHOLD)
         check_same_size(f"Photoface sample {self.entries[index].relative}", image=(image_path, image),
                         normal=(normal_path, normal_rgb), mask=(mask_path, mask))

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.checkpoints import atomic_write, write_text
-from common.images import read_image
+from common.images import read_image, read_rgb
 from sharingan.models.sfsnet import LIGHTING_DIM, sh_shading
 
 log = logging.getLogger(__name__)
@@ -38,26 +38,6 @@ _FACE_NAME = re.compile(r"^(?P<id>.+)_face_(?P<i>\d+)_(?P<j>\d+)\.png$")
 
 
 # ----------------------------------------------------------------------------------------------- file reading
-def read_rgb(path: str | Path, image_size: int | None = None, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-    """8-bit (or 16-bit) PNG/JPEG -> float32 HxWx3 RGB in [0, 1], resized to image_size x image_size if given.
-
-    The whole file is decoded (`common.images.read_image`): a truncated or corrupt file raises an error naming
-    it instead of yielding a partly grey face. Greyscale is repeated to RGB, an alpha channel is dropped.
-    """
-    array, _ = read_image(path, "image file")
-    scale = 65535.0 if array.dtype == np.uint16 else 255.0
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.shape[2] in (2, 4):
-        array = array[..., :-1]
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    array = array.astype(np.float32) / scale
-    if image_size is not None and array.shape[:2] != (image_size, image_size):
-        array = cv2.resize(array, (image_size, image_size), interpolation=interpolation)
-    return array
-
-
 def read_mask(path: str | Path, image_size: int | None = None, threshold: float = 0.5) -> np.ndarray:
     """Mask PNG (grey or RGB) -> float32 HxW in {0, 1}: value / max > threshold."""
     path = Path(path)
@@ -255,7 +235,8 @@ class FaceLabelDataset(Dataset):
         size = self.image_size
         lighting = read_light(record.lighting) if isinstance(record.lighting, Path) \
             else np.asarray(record.lighting, dtype=np.float32)
-        image, normal, albedo = read_rgb(record.image), read_rgb(record.normal), read_rgb(record.albedo)
+        image, normal, albedo = (read_rgb(path, "image file", pixels="unit_float")
+                                 for path in (record.image, record.normal, record.albedo))
         mask = read_mask(record.mask, None, self.mask_threshold)
         check_same_size(f"face sample {record.key}", image=(record.image, image), normal=(record.normal, normal),
                         albedo=(record.albedo, albedo), mask=(record.mask, mask))

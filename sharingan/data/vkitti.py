@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sharingan.data.images import read_rgb, resize, rotate, to_network, write_rgb
+from common.images import read_rgb
+from sharingan.data.images import resize, rotate, to_network, write_rgb
 
 DEPTH_CAP_CM = 8000.0
 V1_RGB, V1_DEPTH = "vkitti_1.3.1_rgb", "vkitti_1.3.1_depthgt"

@@ -68,7 +68,8 @@ def test_truncated_kitti_png_is_named(tmp_path):
 
 
 def test_truncated_jpeg_is_an_error_not_a_grey_picture(tmp_path):
-    from sharingan.data.images import read_rgb, write_rgb
+    from common.images import read_rgb
+    from sharingan.data.images import write_rgb
 
     path = write_rgb(tmp_path / "frame.jpg", np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     data = path.read_bytes()

@@ -13,10 +13,10 @@ from PIL import Image
 from torch import nn
 
 from common.config import load_config
-from common.images import ImageReadError
+from common.images import ImageReadError, read_rgb
 from sharingan.data.celeba import CelebAImages, write_celeba_fixture
 from sharingan.data.photoface import PhotofaceDataset, sibling, write_photoface_fixture
-from sharingan.data.sfsnet_synthetic import read_mask, read_rgb, synthetic_dataset, write_sfsnet_synthetic_fixture
+from sharingan.data.sfsnet_synthetic import read_mask, synthetic_dataset, write_sfsnet_synthetic_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +50,7 @@ def test_face_reader_refuses_truncated_files(tmp_path, suffix):
     Image.fromarray(photo(64, 64)).save(path)
     truncate(path)  # OpenCV alone would return a half-grey JPEG without an error
     with pytest.raises(ImageReadError, match=rf"face\.{suffix}.*(truncated|corrupt)"):
-        read_rgb(path)
+        read_rgb(path, pixels="unit_float")
     with pytest.raises(ImageReadError, match=rf"face\.{suffix}"):
         read_mask(path)
 
@@ -126,14 +126,12 @@ class MeanBrightness(nn.Module):
 
 
 def test_chapter3_reader_keeps_16bit_range_and_refuses_truncated_files(tmp_path):
-    from ldznet.data.transforms import read_rgb as read_rgb_chapter3
-
     ramp = np.array([[0, 1000, 30000, 65535]], dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "ramp.png"), ramp)
-    assert read_rgb_chapter3(tmp_path / "ramp.png")[0, :, 0].tolist() == [0, 4, 117, 255]  # not saturated at 255
+    assert read_rgb(tmp_path / "ramp.png")[0, :, 0].tolist() == [0, 4, 117, 255]  # not saturated at 255
     Image.fromarray(photo()).save(tmp_path / "cut.jpg")
     with pytest.raises(ImageReadError, match=r"cut\.jpg"):
-        read_rgb_chapter3(truncate(tmp_path / "cut.jpg"))
+        read_rgb(truncate(tmp_path / "cut.jpg"))
 
 
 def test_chapter3_predict_converts_odd_images_and_refuses_corrupt_ones(tmp_path):

@@ -91,7 +91,7 @@ def test_interrupted_results_table_keeps_the_previous_files(tmp_path, monkeypatc
 
 def test_interrupted_networks_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     from common.config import load_config
-    from sharingan.lit_module import load_networks, save_networks
+    from sharingan.checkpoints import load_networks, save_networks
     from sharingan.tasks import load_task
 
     cfg = load_config(ROOT / "experiments" / "chapter2" / "depth_tiny.yaml")
@@ -108,7 +108,8 @@ def test_interrupted_networks_checkpoint_keeps_the_previous_one(tmp_path, monkey
 def test_interrupted_dataset_image_conversion_keeps_the_previous_image(tmp_path, monkeypatch):
     from PIL import Image
 
-    from ldznet.data.transforms import read_rgb, write_image
+    from common.images import read_rgb
+    from ldznet.data.transforms import write_image
 
     old = np.full((4, 6, 3), 10, np.uint8)
     write_image(tmp_path / "image.png", old)

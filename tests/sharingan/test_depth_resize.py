@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sharingan.data.images import read_rgb, resize, write_rgb
+from common.images import read_rgb
+from sharingan.data.images import resize, write_rgb
 from sharingan.data.kitti import KittiDepthEvalDataset, KittiStereoDataset, write_kitti_fixture
 from sharingan.data.make3d import Make3DDataset, write_make3d_fixture
 from sharingan.data.vkitti import VirtualKittiDataset, depth_path_for, write_depth_png_cm, write_vkitti_fixture

@@ -9,12 +9,14 @@ import torch
 from torch import nn
 
 from common.config import load_config
+from common.images import read_rgb
 from common.trainer import build_trainer
+from sharingan.checkpoints import save_networks
 from sharingan.data.celeba import write_celeba_fixture
 from sharingan.data.multipie import write_multipie_fixture
 from sharingan.data.photoface import write_photoface_fixture
-from sharingan.data.sfsnet_synthetic import read_face_csv, read_rgb, write_sfsnet_synthetic_fixture
-from sharingan.lit_module import SharinGANModule, save_networks
+from sharingan.data.sfsnet_synthetic import read_face_csv, write_sfsnet_synthetic_fixture
+from sharingan.lit_module import SharinGANModule
 from sharingan.models.sfsnet import decode_normals
 from sharingan.tasks import load_task
 
@@ -60,10 +62,10 @@ def test_pseudo_label_command_writes_what_the_real_loader_reads(world, tmp_path)
     assert len(records) == 12
     # the stored labels are the network's outputs on the stored crop (8-bit PNG quantisation aside)
     network = networks["task_network"].eval()
-    crop = torch.from_numpy(read_rgb(records[0].image)).permute(2, 0, 1)[None]
+    crop = torch.from_numpy(read_rgb(records[0].image, pixels="unit_float")).permute(2, 0, 1)[None]
     with torch.no_grad():
         output = network(crop)
-    stored = torch.from_numpy(read_rgb(records[0].normal)).permute(2, 0, 1)[None]
+    stored = torch.from_numpy(read_rgb(records[0].normal, pixels="unit_float")).permute(2, 0, 1)[None]
     angle = torch.rad2deg(torch.acos((decode_normals(stored) * decode_normals(output["normal"])).sum(1).clamp(-1, 1)))
     assert angle.mean() < 3.0
     assert np.allclose(records[0].lighting, output["lighting"][0].numpy(), atol=2e-3)
@@ -74,7 +76,7 @@ def test_pseudo_label_command_writes_what_the_real_loader_reads(world, tmp_path)
     assert batch["synthetic"]["image"].shape == (10, 3, 64, 64)
     assert batch["real"]["normal"].shape == (10, 3, 64, 64) and batch["real"]["lighting"].shape == (10, 27)
     with pytest.raises(ValueError, match="task 'normals'|not 'depth'"):
-        from sharingan.lit_module import load_networks
+        from sharingan.checkpoints import load_networks
 
         load_networks(checkpoint, task="depth")
 
@@ -156,7 +158,7 @@ def test_multipie_evaluation_and_prediction_files(world, tmp_path):
     names = {p.name for p in written}
     for kind in ("normals", "albedo", "shading", "reconstruction", "shared"):
         assert f"{inputs[0].stem}_{kind}.png" in names
-    assert read_rgb(tmp_path / "predict" / f"{inputs[0].stem}_normals.png").shape == (64, 64, 3)
+    assert read_rgb(tmp_path / "predict" / f"{inputs[0].stem}_normals.png", pixels="unit_float").shape == (64, 64, 3)
 
 
 def test_default_lists_are_the_real_ones_and_missing_images_are_named(world, monkeypatch):
