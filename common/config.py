@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -55,6 +56,41 @@ class ConfigKeyError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly.
         return str(self.args[0])
+
+
+class MissingConfigKey(ConfigKeyError):
+    """A value the code needs is not in the config (issue 14: the YAML holds every default, code has none)."""
+
+
+_ABSENT = object()
+
+
+def require(cfg: DictConfig | Mapping, key: str, source: str | Path | None = None) -> Any:
+    """The value at the dotted `key` of a config (DictConfig or plain mapping), with no fallback.
+
+    An absent key or omegaconf's `???` raises MissingConfigKey (a KeyError) naming the key and, when given, the
+    config file it should be in, so a broken wiring is never hidden by a default written in code. A value of
+    `null` is a value (e.g. an optional list file) and is returned as None. Interpolations are resolved.
+    """
+    if isinstance(cfg, DictConfig):
+        node = OmegaConf.select(cfg, str(key), default=_ABSENT)  # absent and `???` both give the sentinel
+    else:
+        node = cfg
+        for part in str(key).split("."):
+            if isinstance(node, Mapping):
+                node = node.get(part, _ABSENT)
+            elif isinstance(node, Sequence) and not isinstance(node, str) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                node = _ABSENT
+            if node is _ABSENT or isinstance(node, str) and node == "???":
+                node = _ABSENT
+                break
+    if node is _ABSENT:
+        where = f" in {source}" if source is not None else ""
+        raise MissingConfigKey(f"config key {key!r} is missing{where} (no default in code: set it in the "
+                               "experiment YAML or pass it explicitly)")
+    return node
 
 
 def _resolve_include(name: str, including_file: Path) -> Path:
