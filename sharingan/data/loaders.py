@@ -12,10 +12,14 @@ sample numbers r, r + W, ... of the same stream (`ShardedStepSampler`), so the r
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from common.config import require
 from common.resilience import SeededSamples, StepSeededSampler
 
 
@@ -82,3 +86,50 @@ def resumable_loader(dataset: Dataset, batch_size: int, cfg: DictConfig, start_b
     return DataLoader(SeededSamples(dataset, seed), batch_size=int(batch_size), sampler=sampler, drop_last=True,
                       num_workers=workers, persistent_workers=workers > 0,
                       generator=torch.Generator().manual_seed(seed))
+
+
+STAGES = ("pretrain_generator", "pretrain_task", "train")
+
+
+class TwoDomainDataModule(pl.LightningDataModule):
+    """The training batches of one SharinGAN stage, for every task (`build_datamodule` of `sharingan/tasks/`).
+
+    stage: "pretrain_generator" / "train" -> `TwoDomains` batches, "pretrain_task" -> `SyntheticOnly`; the task
+    says which datasets (`training_dataset(cfg, stage)`, built on first `setup`). One loader batch holds
+    `chunks` x the per-step batch size read from `batch_size_key` ("{stage}" is replaced by the stage name).
+    Validation (`validation(cfg)` -> DataLoader | None) runs in the "train" stage only. `before_training(self)`,
+    if given, runs at every `setup` until it returns True (the face task starts SfSNet's light layer there).
+    `start_batch`: loader batches already consumed (a resumed run sets it from its checkpoint).
+    """
+
+    def __init__(self, cfg: DictConfig, stage: str, task: str, training_dataset: Callable[[DictConfig, str], Dataset],
+                 batch_size_key: str, chunks: int,
+                 validation: Callable[[DictConfig], DataLoader | None] | None = None,
+                 before_training: Callable[[TwoDomainDataModule], bool] | None = None) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r} for the {task} task (one of {STAGES})")
+        self.cfg, self.stage, self.task = cfg, stage, task
+        self.training_dataset, self.validation, self.before_training = training_dataset, validation, before_training
+        self.batch_size_key, self.chunks = batch_size_key.replace("{stage}", stage), int(chunks)
+        self.dataset: Dataset | None = None
+        self.start_batch = 0
+        self.prepared = before_training is None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is None:
+            self.dataset = self.training_dataset(self.cfg, self.stage)
+        if not self.prepared:
+            self.prepared = bool(self.before_training(self))
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        batch_size = int(require(self.cfg, self.batch_size_key)) * self.chunks
+        if len(self.dataset) < batch_size:
+            raise ValueError(f"{self.stage}: {len(self.dataset)} samples cannot fill one batch of {batch_size} "
+                             f"({self.batch_size_key} x {self.chunks} chunks)")
+        return resumable_loader(self.dataset, batch_size, self.cfg, self.start_batch)
+
+    def val_dataloader(self):
+        loader = self.validation(self.cfg) if self.stage == "train" and self.validation is not None else None
+        return loader if loader is not None else []

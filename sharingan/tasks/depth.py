@@ -28,7 +28,7 @@ from common.metrics.depth import DepthErrorAggregator
 from common.results import write_results_table
 from common.viz import colorize_depth, save_png
 from sharingan.data.images import resize, to_network
-from sharingan.data.loaders import SyntheticOnly, TwoDomains, resumable_loader
+from sharingan.data.loaders import SyntheticOnly, TwoDomainDataModule, TwoDomains
 from sharingan.losses import DepthLossWeights, DepthTaskLoss, depth_from_network
 from sharingan.models.critic import ImageCritic
 from sharingan.models.depth_network import DepthUNet
@@ -131,49 +131,22 @@ def collate_eval(samples: list[dict]) -> dict:
             "path": [s["path"] for s in samples]}
 
 
-class DepthDataModule(pl.LightningDataModule):
-    """Training batches of one stage."""
-
-    STAGES = ("pretrain_generator", "pretrain_task", "train")
-
-    def __init__(self, cfg: DictConfig, stage: str) -> None:
-        super().__init__()
-        if stage not in self.STAGES:
-            raise ValueError(f"unknown stage {stage!r} for the depth task (one of {self.STAGES})")
-        self.cfg, self.stage = cfg, stage
-        self.dataset: Dataset | None = None
-        self.start_batch = 0  # loader batches already consumed (a resumed run sets it from its checkpoint)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is not None:
-            return
-        augment = bool(self.cfg.data.augment)
-        if self.stage == "pretrain_task":  # official PTNet loader: flips only
-            self.dataset = SyntheticOnly(synthetic_dataset(self.cfg, augment, rotation=False))
-        else:
-            self.dataset = TwoDomains(synthetic_dataset(self.cfg, augment), real_dataset(self.cfg, augment))
-
-    def train_dataloader(self) -> DataLoader:
-        from sharingan.lit_module import batch_chunks
-
-        self.setup()
-        chunks = batch_chunks(self.cfg) if self.stage == "train" else 1
-        batch_size = int(self.cfg.data.batch_size[self.stage]) * chunks
-        if len(self.dataset) < batch_size:
-            raise ValueError(f"{self.stage}: {len(self.dataset)} samples cannot fill one batch of {batch_size}")
-        return resumable_loader(self.dataset, batch_size, self.cfg, self.start_batch)
-
-
-class DepthTrainDataModule(DepthDataModule):
-    """The end-to-end stage: training batches plus KITTI validation (pretraining stages do not validate)."""
-
-    def val_dataloader(self):
-        loader = validation_dataloader(self.cfg)
-        return loader if loader is not None else []
+def training_dataset(cfg: DictConfig, stage: str) -> Dataset:
+    """pretrain_task: vKITTI alone, flips only (the official PTNet loader); pretrain_generator and train:
+    vKITTI + KITTI stereo."""
+    augment = bool(cfg.data.augment)
+    if stage == "pretrain_task":
+        return SyntheticOnly(synthetic_dataset(cfg, augment, rotation=False))
+    return TwoDomains(synthetic_dataset(cfg, augment), real_dataset(cfg, augment))
 
 
 def build_datamodule(cfg: DictConfig, stage: str) -> pl.LightningDataModule:
-    return DepthTrainDataModule(cfg, stage) if stage == "train" else DepthDataModule(cfg, stage)
+    """Training batches of one stage (`data.batch_size.<stage>` per domain and step); the end-to-end stage also
+    validates on KITTI (pretraining stages do not validate)."""
+    from sharingan.lit_module import batch_chunks
+
+    return TwoDomainDataModule(cfg, stage, NAME, training_dataset, "data.batch_size.{stage}",
+                               batch_chunks(cfg) if stage == "train" else 1, validation=validation_dataloader)
 
 
 def validation_dataloader(cfg: DictConfig) -> DataLoader | None:

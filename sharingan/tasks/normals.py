@@ -32,7 +32,7 @@ from common.metrics.normals import PhotofaceAggregator, normal_errors
 from common.results import write_results_table
 from common.viz import normals_to_rgb, save_png
 from sharingan.data.celeba import CelebAImages, pseudo_labelled_dataset
-from sharingan.data.loaders import SyntheticOnly, TwoDomains, resumable_loader
+from sharingan.data.loaders import SyntheticOnly, TwoDomainDataModule, TwoDomains
 from sharingan.data.multipie import MultiPIEDataset, lighting_class_scores
 from sharingan.data.photoface import PhotofaceDataset
 from sharingan.data.sfsnet_synthetic import read_light, synthetic_dataset, write_light
@@ -173,70 +173,45 @@ def mean_lighting(dataset: Dataset, limit: int = 10000) -> np.ndarray:
     return np.mean(np.stack(labels).astype(np.float64), axis=0).astype(np.float32)
 
 
-class FaceDataModule(pl.LightningDataModule):
-    """Training batches of one stage (see `build_datamodule`) and the Photoface validation loader."""
+def training_dataset(cfg: DictConfig, stage: str) -> Dataset:
+    """pretrain_generator: synthetic + raw CelebA images; pretrain_task: synthetic with ground truth;
+    train: synthetic with ground truth + CelebA with pseudo-labels."""
+    if stage == "pretrain_generator":
+        return TwoDomains(synthetic_data(cfg, "train"), celeba_images(cfg, "train"))
+    if stage == "pretrain_task":
+        return SyntheticOnly(synthetic_data(cfg, "train"))
+    return TwoDomains(synthetic_data(cfg, "train"), celeba_pseudo_labelled(cfg, "train"))
 
-    def __init__(self, cfg: DictConfig, stage: str) -> None:
-        super().__init__()
-        if stage not in ("pretrain_generator", "pretrain_task", "train"):
-            raise ValueError(f"unknown stage {stage!r} for the face task")
-        self.cfg, self.stage = cfg, stage
-        self.dataset: Dataset | None = None
-        self.start_batch = 0  # loader batches already consumed (a resumed run sets it from its checkpoint)
-        self.lighting_initialised = False
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.dataset is not None:
-            if self.stage == "pretrain_task" and not self.lighting_initialised:
-                self._initialise_lighting(self.dataset.synthetic)
-            return
-        if self.stage == "pretrain_generator":
-            self.dataset = TwoDomains(synthetic_data(self.cfg, "train"), celeba_images(self.cfg, "train"))
-        elif self.stage == "pretrain_task":
-            synthetic = synthetic_data(self.cfg, "train")
-            self.dataset = SyntheticOnly(synthetic)
-            self._initialise_lighting(synthetic)
-        else:
-            self.dataset = TwoDomains(synthetic_data(self.cfg, "train"), celeba_pseudo_labelled(self.cfg, "train"))
-
-    def _initialise_lighting(self, synthetic: Dataset) -> None:
-        """`model.task_network.lighting_init: label_mean` (default): start SfSNet's light layer at the mean
-        lighting label of the synthetic training set instead of the Caffe bias of 1 on all 27 coefficients, which
-        lies ~0.9 RMS from every label (docs/chapter2-faces.md). Runs before a resumed run restores its weights,
-        so a resume is unaffected. `caffe` keeps the Caffe initialisation."""
-        mode = str(OmegaConf.select(self.cfg, "model.task_network.lighting_init", default="label_mean"))
-        if mode == "caffe":
-            self.lighting_initialised = True
-            return
-        if mode != "label_mean":
-            raise ValueError(f"config key model.task_network.lighting_init must be label_mean or caffe, got {mode!r}")
-        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        network = getattr(module, "task_network", None)
-        if network is None:
-            return  # set up outside a trainer (inspection, verify): nothing to initialise
-        network.set_lighting_bias(torch.from_numpy(mean_lighting(synthetic)))
-        self.lighting_initialised = True
-
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        chunks = batch_chunks(self.cfg) if self.stage == "train" else 1
-        batch_size = int(self.cfg.data.batch_size) * chunks
-        if len(self.dataset) < batch_size:
-            raise ValueError(f"{self.stage}: {len(self.dataset)} samples cannot fill one batch of {batch_size} "
-                             f"(data.batch_size x {chunks} chunks)")
-        return resumable_loader(self.dataset, batch_size, self.cfg, self.start_batch)
-
-    def val_dataloader(self):
-        loader = validation_dataloader(self.cfg) if self.stage == "train" else None
-        return loader if loader is not None else []
+def initialise_lighting(datamodule: TwoDomainDataModule) -> bool:
+    """`model.task_network.lighting_init: label_mean` (default): start SfSNet's light layer at the mean
+    lighting label of the synthetic training set instead of the Caffe bias of 1 on all 27 coefficients, which
+    lies ~0.9 RMS from every label (docs/chapter2-faces.md). Runs at the data module's setup, before a resumed
+    run restores its weights, so a resume is unaffected. `caffe` keeps the Caffe initialisation. Returns
+    whether it is done (not yet when set up outside a trainer: inspection, verify)."""
+    mode = str(OmegaConf.select(datamodule.cfg, "model.task_network.lighting_init", default="label_mean"))
+    if mode == "caffe":
+        return True
+    if mode != "label_mean":
+        raise ValueError(f"config key model.task_network.lighting_init must be label_mean or caffe, got {mode!r}")
+    trainer = datamodule.trainer
+    network = getattr(getattr(trainer, "lightning_module", None) if trainer is not None else None, "task_network",
+                      None)
+    if network is None:
+        return False
+    network.set_lighting_bias(torch.from_numpy(mean_lighting(datamodule.dataset.synthetic)))
+    return True
 
 
 def build_datamodule(cfg: DictConfig, stage: str) -> pl.LightningDataModule:
-    """pretrain_generator: synthetic + raw CelebA images; pretrain_task: synthetic with ground truth;
-    train: synthetic with ground truth + CelebA with pseudo-labels (made here when data.celeba_labels=auto)."""
+    """Training batches of one stage (`training_dataset`; `data.batch_size` per domain and step); the "train"
+    stage labels CelebA first when data.celeba_labels=auto and validates on Photoface; "pretrain_task" starts
+    SfSNet's light layer (`initialise_lighting`)."""
     if stage == "train":
         cfg = resolve_pseudo_labels(cfg)
-    return FaceDataModule(cfg, stage)
+    return TwoDomainDataModule(cfg, stage, NAME, training_dataset, "data.batch_size",
+                               batch_chunks(cfg) if stage == "train" else 1, validation=validation_dataloader,
+                               before_training=initialise_lighting if stage == "pretrain_task" else None)
 
 
 def validation_dataloader(cfg: DictConfig) -> DataLoader | None:
