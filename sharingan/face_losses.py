@@ -1,4 +1,5 @@
-"""SfS supervision (dissertation Eq. 2.9) and the face weights of the overall loss (Eq. 2.10, alpha = (1, 10, 0.1)).
+"""SfS supervision (dissertation Eq. 2.9); the face weights of the overall loss (Eq. 2.10, alpha = (1, 10, 0.1))
+are `sharingan.weights` of experiments/chapter2/faces_base.yaml.
 
 As in the official `sfs_loss.py` and SfSNet's Caffe prototxt (docs/ref-sharingan.md §2.5):
     L_sfs = 0.5 L1(normal * m) + 0.5 L1(albedo * m) + 0.1 L2(lighting) + 0.5 L1(shading * albedo * m, image * m)
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from sharingan.losses import SharinGANWeights
 from sharingan.models.sfsnet import LIGHTING_DIM, render
 
 TERMS = ("normal", "albedo", "lighting", "reconstruction")
@@ -76,8 +76,3 @@ def sfs_supervision(prediction: Mapping[str, torch.Tensor], target: Mapping[str,
     terms["total"] = sum(getattr(weights, name) * terms[name] for name in TERMS)
     return terms
 
-
-# Eq. 2.10 for faces: alpha = (1, 10, 0.1); lambda = 10 for the critic's gradient penalty. The training loop
-# (sharingan.lit_module) combines the shared terms of sharingan.losses with these weights, read from
-# experiments/chapter2/faces_base.yaml (`sharingan.weights`).
-FACE_WEIGHTS = SharinGANWeights(adversarial=1.0, reconstruction=10.0, task=0.1, gradient_penalty=10.0)

@@ -31,13 +31,15 @@ from torch import Tensor, nn
 class SharinGANWeights:
     """Weights of the overall loss L = α1 L_adv + α2 L_r + α3 L_T (eq. 2.10).
 
-    Depth: (1, 10, 1); faces: (1, 10, 0.1). λ = 10 is the gradient-penalty weight of the critic (eq. 2.3).
+    Depth: (1, 10, 1); faces: (1, 10, 0.1); λ, the gradient-penalty weight of the critic (eq. 2.3), is 10. The
+    values live in the experiment YAML only (`sharingan.weights` of experiments/chapter2/*_base.yaml): no
+    defaults here, so a config that lacks one is an error naming it.
     """
 
-    adversarial: float = 1.0
-    reconstruction: float = 10.0
-    task: float = 1.0
-    gradient_penalty: float = 10.0
+    adversarial: float
+    reconstruction: float
+    task: float
+    gradient_penalty: float
 
 
 def wasserstein_distance(critic_synthetic: Tensor, critic_real: Tensor) -> Tensor:
@@ -64,8 +66,8 @@ def gradient_penalty(critic: nn.Module, synthetic: Tensor, real: Tensor) -> Tens
 
 
 def critic_loss(critic: nn.Module, shared_synthetic: Tensor, shared_real: Tensor,
-                gradient_penalty_weight: float = 10.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """What the critic minimises: -L_adv = -(L_W - λ L_gp) (eq. 2.3), λ = 10.
+                gradient_penalty_weight: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """What the critic minimises: -L_adv = -(L_W - λ L_gp) (eq. 2.3), λ = `sharingan.weights.gradient_penalty`.
 
     = mean D(G(x_r)) - mean D(G(x_s)) + λ GP; the generator outputs are detached (the critic step never
     updates G).

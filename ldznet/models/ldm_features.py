@@ -34,7 +34,6 @@ from torch import nn
 from common.resilience import sample_seed
 
 SPATIAL_ATTENTION_COUNT = 16
-LDZNET_BLOCKS = (6, 7, 8, 9, 10)
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ class _StopForward(Exception):
 class LDMFeatures(PerSampleNoise, nn.Module):
     """Frozen SD UNet -> {block number: feature (B, C, h, w)} after the chosen spatial-attention modules."""
 
-    def __init__(self, unet: nn.Module, scheduler, blocks: Sequence[int] = LDZNET_BLOCKS,
+    def __init__(self, unet: nn.Module, scheduler, blocks: Sequence[int],
                  train_timesteps: Sequence[int] = (300, 500), eval_timestep: int = 400, eval_noise_seed: int = 0):
         super().__init__()
         self.unet = unet.requires_grad_(False).eval()

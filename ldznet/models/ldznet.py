@@ -25,7 +25,7 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from ldznet.models.attention_pool import AttentionPool
-from ldznet.models.ldm_features import LDZNET_BLOCKS, LDMFeatures
+from ldznet.models.ldm_features import LDMFeatures
 from ldznet.models.znet import VAE_DOWNSAMPLING, ZNet
 
 FUSIONS = ("cross_attention", "concat")
@@ -81,9 +81,10 @@ class LDMConcatTransformer(nn.Module):
 
 
 class LDZNet(ZNet):
-    """ZNet + frozen-LDM features of spatial-attention blocks `blocks` (default 6-10)."""
+    """ZNet + frozen-LDM features of spatial-attention blocks `blocks` (6-10 in the paper, §3.2.2: the config's
+    `model.ldm.blocks`, experiments/chapter3/base.yaml)."""
 
-    def __init__(self, components, fusion: str = "cross_attention", blocks: Sequence[int] = LDZNET_BLOCKS,
+    def __init__(self, components, fusion: str = "cross_attention", *, blocks: Sequence[int],
                  image_size: int = 384, latent: str = "sample", gradient_checkpointing: bool = False,
                  train_timesteps: Sequence[int] = (300, 500), eval_timestep: int = 400, eval_noise_seed: int = 0,
                  heads: int = 8):

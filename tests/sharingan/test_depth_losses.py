@@ -11,6 +11,7 @@ from torch import nn
 from sharingan.losses import (
     DepthLossWeights,
     DepthTaskLoss,
+    SharinGANWeights,
     critic_loss,
     edge_aware_smoothness,
     generator_adversarial_loss,
@@ -97,7 +98,7 @@ def test_generator_adversarial_term_pushes_both_domains():
 def test_critic_loss_does_not_reach_the_generator():
     critic = LinearCritic(torch.full((1, 2, 2), 0.5))
     synthetic = torch.rand(2, 1, 2, 2, requires_grad=True)
-    loss, _ = critic_loss(critic, synthetic, torch.rand(2, 1, 2, 2))
+    loss, _ = critic_loss(critic, synthetic, torch.rand(2, 1, 2, 2), 10.0)
     loss.backward()
     assert synthetic.grad is None
 
@@ -211,3 +212,11 @@ def test_depth_task_loss_weights_of_eq_2_8():
                                            "focal_baseline": torch.tensor([40.0])})
     expected = 100 * terms["task/geometric_consistency"] + 0.01 * terms["task/smoothness"]
     assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_loss_weights_have_no_defaults_in_code():
+    """Issue 14 item 4: λ and α come from `sharingan.weights` of the experiment YAML only."""
+    with pytest.raises(TypeError, match="gradient_penalty"):
+        SharinGANWeights(adversarial=1.0, reconstruction=10.0, task=1.0)
+    with pytest.raises(TypeError, match="gradient_penalty_weight"):
+        critic_loss(LinearCritic(torch.ones(1, 2, 2)), torch.rand(2, 1, 2, 2), torch.rand(2, 1, 2, 2))

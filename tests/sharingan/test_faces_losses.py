@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.config import load_config
-from sharingan.face_losses import FACE_WEIGHTS, SfSWeights, sfs_supervision
+from sharingan.face_losses import SfSWeights, sfs_supervision
 from sharingan.losses import SharinGANWeights
 from sharingan.models.sfsnet import encode_normals, render
 
@@ -70,9 +70,10 @@ def test_shape_mismatch_names_the_key():
 
 
 def test_face_weights_are_alpha_1_10_0_1_and_the_configs_agree():
-    assert (FACE_WEIGHTS.adversarial, FACE_WEIGHTS.reconstruction, FACE_WEIGHTS.task) == (1.0, 10.0, 0.1)
     cfg = load_config(ROOT / "experiments" / "chapter2" / "faces_sharingan.yaml")
-    assert SharinGANWeights(**cfg.sharingan.weights) == FACE_WEIGHTS
+    # Eq. 2.10 for faces: α = (1, 10, 0.1); λ = 10 for the critic's gradient penalty (eq. 2.3)
+    assert SharinGANWeights(**cfg.sharingan.weights) == SharinGANWeights(adversarial=1.0, reconstruction=10.0,
+                                                                         task=0.1, gradient_penalty=10.0)
     assert SfSWeights(**cfg.sfs_weights) == SfSWeights(0.5, 0.5, 0.1, 0.5)
     assert dict(cfg.sharingan.steps) == {"critic": 5, "generator": 3, "task": 1}
     assert cfg.data.batch_size == 16 and cfg.schedule.train_iterations == 120000

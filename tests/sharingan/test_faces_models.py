@@ -83,6 +83,6 @@ def test_paper_size_networks_run_a_training_step_at_128():
     loss = sfs_supervision(prediction, target, image)["total"]
     loss.backward()
     assert generator.output.weight.grad is not None and torch.isfinite(loss)
-    value, _ = critic_loss(critic, shared[:1], shared[1:])
+    value, _ = critic_loss(critic, shared[:1], shared[1:], 10.0)
     value.backward()
     assert critic.classifier[1].in_features == 2048
