@@ -119,7 +119,8 @@ def sharingan_training(task: str, settings: dict, device: torch.device, tiny: bo
 
     from benchmarks.sharingan import Batches, depth_batch, face_batch, load_task_config
     from common.performance import apply_performance
-    from sharingan.lit_module import SharinGANModule, batch_chunks
+    from sharingan.lit_module import SharinGANModule
+    from sharingan.schedule import batch_chunks
 
     size, batch = settings[task]["size"], settings[task]["batch"]
     cfg = load_task_config(task, Context(device, "quick" if tiny else "cuda"), size, batch)

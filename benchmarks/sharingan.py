@@ -102,7 +102,8 @@ def iteration_times(cfg, task: str, batch: int, size: list[int], context: Contex
     """Median ms of one training iteration of SharinGANModule under a Lightning Trainer."""
     import pytorch_lightning as pl
 
-    from sharingan.lit_module import SharinGANModule, batch_chunks
+    from sharingan.lit_module import SharinGANModule
+    from sharingan.schedule import batch_chunks
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -16,6 +16,10 @@
   restoring their outside state afterwards.
 - `AtomicCheckpointIO`: Lightning checkpoints through a temporary file + fsync + rename, so a kill during a
   save leaves the previous `last.ckpt` whole.
+- `ResilientModule` (a LightningModule mixin): the seed, the divergence guard, the step's seeded noise, the
+  skipped-batch count and the exact-resume state in every Lightning checkpoint, written once for every training
+  module (SharinGAN's three stages, LD-ZNet); `IterationResume` adds a data position counted in iterations with
+  one data stream per rank (SharinGAN).
 """
 
 from __future__ import annotations
@@ -236,3 +240,98 @@ def resolve_resume(resume: str | None, run_root: str | Path) -> Path | None:
     if not candidates:
         raise FileNotFoundError(f"resume=last: no */checkpoints/last.ckpt under {run_root}")
     return candidates[-1]
+
+
+class ResilientModule:
+    """LightningModule mixin (list it before `pl.LightningModule`): what exact resume and the divergence guard
+    need, written once.
+
+    `init_resilience(seed, divergence_policy)` from `__init__` sets `seed` and `guard` (`DivergenceGuard`).
+    `train_state()` (plain numbers: weights_only loading) goes into every Lightning checkpoint under the class's
+    `TRAIN_STATE_KEY` and `load_train_state(state)` gets it back on resume; a module extends both with its data
+    position (calling `super()`). `step_noise(number)` seeds the training step's own noise by (seed, number);
+    `agreed_terms` makes the guard's verdict the same on every DDP rank; `log_skipped_batches` logs the count
+    under policy `skip`.
+    """
+
+    TRAIN_STATE_KEY = "train_state"
+
+    def init_resilience(self, seed: int, divergence_policy: str = "stop") -> None:
+        self.seed = int(seed)
+        self.guard = DivergenceGuard(str(divergence_policy))
+
+    def rank_and_world(self) -> tuple[int, int]:
+        """(global rank, world size) of the running trainer; (0, 1) outside one."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def step_noise(self, number: int) -> contextlib.AbstractContextManager:
+        """The block runs with torch's generators seeded by (seed, number) on stream 1 (stream 0 is the data's):
+        the step's noise is a pure function of its position, so a resumed run draws what an uninterrupted one did."""
+        return seeded_generators(sample_seed(self.seed, number, stream=1), self.device)
+
+    def agreed_terms(self, named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Under DDP, add a NaN term `another_rank/non_finite` when some other rank saw a non-finite loss, so that
+        the guard's verdict (stop or skip) is the same on every rank: a lone rank that stops or skips would leave
+        the others waiting in the next gradient all-reduce."""
+        _, world = self.rank_and_world()
+        if world == 1 or not named or not torch.distributed.is_initialized():
+            return named
+        values = torch.stack([torch.as_tensor(value).detach().float().sum().to(self.device)
+                              for value in named.values()])
+        finite = torch.isfinite(values).all().float().reshape(1)
+        everywhere = finite.clone()
+        torch.distributed.all_reduce(everywhere, op=torch.distributed.ReduceOp.MIN)
+        if bool(everywhere.item() < 1) and bool(finite.item() == 1):
+            named = {**named, "another_rank/non_finite": torch.tensor(float("nan"), device=self.device)}
+        return named
+
+    def log_skipped_batches(self, batch_size: int = 1) -> None:
+        """`train/skipped_batches` per step (TensorBoard) under policy `skip`."""
+        if self.guard.policy == "skip":
+            self.log("train/skipped_batches", float(self.guard.skipped_steps), on_step=True, on_epoch=False,
+                     batch_size=batch_size)
+
+    def train_state(self) -> dict[str, Any]:
+        """What exact resume needs beyond Lightning's own state (plain numbers: weights_only loading)."""
+        return {"seed": int(self.seed), "skipped_batches": int(self.guard.skipped_steps)}
+
+    def load_train_state(self, state: Mapping[str, Any]) -> None:
+        self.guard.skipped_steps = int(state["skipped_batches"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[self.TRAIN_STATE_KEY] = self.train_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(self.TRAIN_STATE_KEY)
+        if state:
+            self.load_train_state(state)
+
+
+class IterationResume(ResilientModule):
+    """`ResilientModule` whose data position is `iteration`, the loader batches consumed (skipped ones included),
+    with one data stream per rank: rank r of W reads its own shard and draws its step noise from
+    (seed, iteration x W + r) (W = 1: the single-device stream). The checkpoint records the world size; a resume
+    with another one is refused, since the per-rank streams would not continue."""
+
+    def init_resilience(self, seed: int, divergence_policy: str = "stop") -> None:
+        super().init_resilience(seed, divergence_policy)
+        self.iteration = 0
+
+    def iteration_noise(self) -> contextlib.AbstractContextManager:
+        rank, world = self.rank_and_world()
+        return self.step_noise(self.iteration * world + rank)
+
+    def train_state(self) -> dict[str, Any]:
+        return {"iterations": int(self.iteration), **super().train_state(), "world_size": self.rank_and_world()[1]}
+
+    def load_train_state(self, state: Mapping[str, Any]) -> None:
+        saved_world, world = int(state.get("world_size", 1)), self.rank_and_world()[1]
+        if saved_world != world:
+            raise ValueError(f"cannot resume: the checkpoint was written by {saved_world} process(es) "
+                             f"(devices x nodes), this run has {world}; the per-rank data streams would not "
+                             "continue. Resume with the same trainer.devices and trainer.num_nodes")
+        super().load_train_state(state)
+        self.iteration = int(state["iterations"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from common.runs import start_run
-from sharingan.lit_module import load_networks
+from sharingan.checkpoints import load_networks
 from sharingan.tasks import load_task
 
 

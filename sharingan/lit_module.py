@@ -12,14 +12,15 @@ Switches: `use_sharingan: false` trains T alone on the raw images with L_T (the 
 Tables 2.5/2.6); `use_reconstruction: false` drops L_r (second row of those tables).
 
 Lightning counts every optimiser step as a global step, so one iteration is
-`optimizer_steps_per_iteration(cfg)` global steps; `sharingan.train` converts iterations accordingly.
+`sharingan.schedule.optimizer_steps_per_iteration(cfg)` global steps; `sharingan.train` converts iterations
+accordingly.
 
-Reliability (docs/RELIABILITY.md "Resume and divergence (SharinGAN)"): the iteration count (the data
-position), skipped-batch count and seed go into every Lightning checkpoint (`sharingan_train_state`); the
-step's noise is drawn from generators seeded by (seed, iteration). `divergence_policy` (common.resilience.
-DivergenceGuard): `stop` checks every loss of the iteration with one isfinite at its end and raises naming
-step and term before anything is logged or checkpointed; `skip` checks each loss before its optimiser step
-and skips the rest of the batch, which still counts as an iteration.
+Reliability (docs/RELIABILITY.md "Resume and divergence (SharinGAN)"; common.resilience.IterationResume): the
+iteration count (the data position), skipped-batch count, seed and world size go into every Lightning checkpoint
+(`sharingan_train_state`); the step's noise is drawn from generators seeded by (seed, iteration).
+`divergence_policy` (common.resilience.DivergenceGuard): `stop` checks every loss of the iteration with one
+isfinite at its end and raises naming step and term before anything is logged or checkpointed; `skip` checks
+each loss before its optimiser step and skips the rest of the batch, which still counts as an iteration.
 
 Several devices (DDP through Lightning; README "Several GPUs and nodes"): every optimiser step
 is one `manual_backward` whose gradients DDP averages over the ranks exactly once (Lightning re-prepares DDP's
@@ -32,99 +33,30 @@ single-process iteration that computes each optimiser step's gradient on every b
 noise and batch statistics) and averages them (tests/reliability/test_ddp_sharingan.py). The divergence guard's
 verdict is all-reduced, so all ranks stop (or skip the batch) together.
 
-Networks checkpoints (`save_networks` / `load_networks`): a plain dict of state dicts plus the task name,
-input size, stage and resolved config, read back with `weights_only=True`; eval and predict rebuild the
-networks from the stored config and refuse a checkpoint of another task.
+This file holds the module only: the step schedule read from the config is `sharingan.schedule`, networks
+checkpoints (and the `ExportNetworks` callback that writes them) are `sharingan.checkpoints`, and the seed /
+divergence guard / resume state are `common.resilience.IterationResume`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from common.checkpoints import load_torch, save_torch
 from common.performance import fused_kwargs
-from common.resilience import DivergenceGuard, sample_seed, seeded_generators
+from common.resilience import IterationResume
 from common.trainer import count_optimizer_steps_as_done
+from sharingan.checkpoints import TRAIN_STATE_KEY
+from sharingan.checkpoints import load_networks as load_networks  # re-export: demo/ imports it from here (for now)
 from sharingan.losses import SharinGANWeights, critic_loss, generator_adversarial_loss, reconstruction_loss
+from sharingan.schedule import adam_settings, batch_chunks, optimizer_steps_per_iteration, split_batch, step_counts
 from sharingan.tasks import load_task
-
-CHECKPOINT_FORMAT = "sharingan-networks/1"
-TRAIN_STATE_KEY = "sharingan_train_state"  # in Lightning checkpoints: data position, skipped batches, seed
-
-
-def nan_injection(cfg: DictConfig) -> tuple[int, str] | None:
-    """(iteration, phase) from the test switch `debug.nan_at`, or None."""
-    node = OmegaConf.select(cfg, "debug.nan_at", default=None)
-    if not node:
-        return None
-    return int(node["iteration"]), str(node.get("phase", "task"))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Configuration helpers
-# ----------------------------------------------------------------------------------------------------------
-
-
-def adam_settings(cfg: DictConfig, network: str) -> dict[str, Any]:
-    """Adam lr/betas for `network` ("generator", "critic", "task_network") in the end-to-end stage.
-
-    `optim.values` picks `effective` (what the official code really ran with: G 5e-5 (0.5, 0.9), T 1e-4
-    (0.95, 0.999), D 1e-5 (0.9, 0.999), because loading the pretrained optimiser states restores their
-    param groups) or `nominal` (the 1e-5 everywhere written in the code and §2.3.1.2).
-    """
-    choice = str(cfg.optim.get("values", "effective"))
-    if choice not in ("effective", "nominal"):
-        raise ValueError(f"config key optim.values must be 'effective' or 'nominal', got {choice!r}")
-    node = cfg.optim[choice][network]
-    return {"lr": float(node.lr), "betas": tuple(float(b) for b in node.betas),
-            "weight_decay": float(node.get("weight_decay", 0.0))}
-
-
-def step_counts(cfg: DictConfig) -> tuple[int, int, int]:
-    steps = cfg.sharingan.steps
-    counts = int(steps.critic), int(steps.generator), int(steps.task)
-    if min(counts) < 0 or counts[2] < 1:
-        raise ValueError(f"sharingan.steps must be non-negative with at least one task step, got {counts}")
-    return counts
-
-
-def optimizer_steps_per_iteration(cfg: DictConfig) -> int:
-    critic, generator, task = step_counts(cfg)
-    return critic + generator + task if cfg.sharingan.use_sharingan else task
-
-
-def batch_chunks(cfg: DictConfig) -> int:
-    """How many equal chunks one loader batch holds: 1, or 1 + G steps + T steps for fresh batches."""
-    if not cfg.sharingan.get("fresh_batch_per_step", False) or not cfg.sharingan.use_sharingan:
-        return 1
-    _, generator, task = step_counts(cfg)
-    return 1 + generator + task
-
-
-def split_batch(batch: Any, chunks: int) -> list[Any]:
-    """Split every tensor of a (nested) batch into `chunks` equal parts along dimension 0."""
-    if chunks == 1:
-        return [batch]
-    if isinstance(batch, Tensor):
-        if batch.shape[0] % chunks:
-            raise ValueError(f"batch of {batch.shape[0]} cannot be split into {chunks} equal chunks "
-                             "(set the loader batch size to chunks x per-step batch size)")
-        return list(batch.chunk(chunks))
-    if isinstance(batch, Mapping):
-        parts = {key: split_batch(value, chunks) for key, value in batch.items()}
-        return [{key: value[index] for key, value in parts.items()} for index in range(chunks)]
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], str):
-        size = len(batch) // chunks
-        return [list(batch[index * size:(index + 1) * size]) for index in range(chunks)]
-    return [batch] * chunks
 
 
 @contextlib.contextmanager
@@ -142,86 +74,14 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Networks checkpoints
-# ----------------------------------------------------------------------------------------------------------
-
-
-def save_networks(path: str | Path, cfg: DictConfig, networks: Mapping[str, nn.Module | None], stage: str,
-                  step: int = 0, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write the networks' weights with everything needed to rebuild them (atomic, weights-only loadable)."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "task": str(cfg.task),
-        "stage": stage,
-        "step": int(step),
-        "input_size": [int(v) for v in cfg.data.size],
-        "use_sharingan": bool(networks.get("generator") is not None),
-        "config": OmegaConf.to_yaml(cfg, resolve=True),
-        "networks": {name: module.state_dict() for name, module in networks.items() if module is not None},
-        "extra": dict(extra or {}),
-    }
-    save_torch(payload, path)
-    return Path(path)
-
-
-def read_networks_checkpoint(path: str | Path, task: str | None = None) -> dict[str, Any]:
-    payload = load_torch(path)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a SharinGAN networks checkpoint (expected format {CHECKPOINT_FORMAT!r}; "
-                         "Lightning .ckpt files are exported to checkpoints/networks_*.pt by training)")
-    if task is not None and payload["task"] != task:
-        raise ValueError(f"checkpoint {path} is for task {payload['task']!r}, not {task!r}")
-    return payload
-
-
-def load_networks(path: str | Path, task: str | None = None, overrides: tuple[str, ...] | list[str] = ()
-                  ) -> tuple[dict[str, nn.Module | None], DictConfig, dict[str, Any]]:
-    """Rebuild the networks of a checkpoint from its stored config and load their weights.
-
-    Returns ({"generator": G or None, "critic": D or None, "task_network": T}, config, payload). `overrides`
-    (`key=value`) are applied to the stored config (e.g. data roots for evaluation).
-    """
-    from common.config import apply_overrides
-
-    payload = read_networks_checkpoint(path, task)
-    cfg = apply_overrides(OmegaConf.create(payload["config"]), overrides)
-    module = load_task(payload["task"])
-    built = module.build_networks(cfg)
-    networks: dict[str, nn.Module | None] = {}
-    for name in ("generator", "critic", "task_network"):
-        state = payload["networks"].get(name)
-        if state is None:
-            networks[name] = None
-            continue
-        try:
-            built[name].load_state_dict(state)
-        except RuntimeError as error:
-            raise ValueError(f"checkpoint {path}: weights of {name} do not fit the network built from its "
-                             f"stored config: {error}") from error
-        networks[name] = built[name].eval()
-    if networks["task_network"] is None:
-        raise ValueError(f"checkpoint {path} holds no task_network weights")
-    return networks, cfg, payload
-
-
-def load_pretrained(module: nn.Module, path: str | Path, name: str, task: str) -> None:
-    """Initialise one network from a networks checkpoint of an earlier stage (pretrain G / pretrain T)."""
-    payload = read_networks_checkpoint(path, task)
-    if name not in payload["networks"]:
-        raise ValueError(f"checkpoint {path} has no {name} weights (it holds {sorted(payload['networks'])})")
-    try:
-        module.load_state_dict(payload["networks"][name])
-    except RuntimeError as error:
-        raise ValueError(f"checkpoint {path}: {name} weights do not fit this config's network: {error}") from error
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The end-to-end module
 # ----------------------------------------------------------------------------------------------------------
 
 
-class SharinGANModule(pl.LightningModule):
+class SharinGANModule(IterationResume, pl.LightningModule):
     """G, D and T trained end to end with eq. 2.10 (or T alone when `use_sharingan` is false)."""
+
+    TRAIN_STATE_KEY = TRAIN_STATE_KEY  # the resume state (common.resilience.IterationResume) in Lightning checkpoints
 
     def __init__(self, cfg: DictConfig, networks: Mapping[str, nn.Module] | None = None) -> None:
         super().__init__()
@@ -242,11 +102,9 @@ class SharinGANModule(pl.LightningModule):
         self.critic = networks["critic"] if self.use_sharingan else None
         self.task_loss = self.task.build_task_loss(cfg)
         self.image_every = int(cfg.logging.get("image_every", 0) or 0)
-        self.iteration = 0  # loader batches consumed (skipped ones included): the data position on resume
-        self.seed = int(cfg.get("seed") or 0)
-        self.guard = DivergenceGuard(str(cfg.get("divergence_policy") or "stop"))
+        # seed, divergence guard, data position `iteration` (loader batches consumed, skipped ones included)
+        self.init_resilience(int(cfg.get("seed") or 0), str(cfg.get("divergence_policy") or "stop"))
         self._steps_taken = 0
-        self.nan_at = nan_injection(cfg)
 
     # -- helpers ---------------------------------------------------------------------------------------
     def networks(self) -> dict[str, nn.Module | None]:
@@ -283,28 +141,6 @@ class SharinGANModule(pl.LightningModule):
             return [task]
         return [adam(self.critic, "critic"), adam(self.generator, "generator"), task]
 
-    def _rank_and_world(self) -> tuple[int, int]:
-        trainer = self._trainer
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
-
-    def _synchronised(self, named: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Under DDP, add a NaN term `another_rank/non_finite` when some other rank saw a non-finite loss, so that
-        the guard's verdict (stop or skip) is the same on every rank: a lone rank that stops or skips would leave
-        the others waiting in the next gradient all-reduce."""
-        _, world = self._rank_and_world()
-        if world == 1 or not named or not torch.distributed.is_initialized():
-            return named
-        values = torch.stack([torch.as_tensor(value).detach().float().sum().to(self.device)
-                              for value in named.values()])
-        finite = torch.isfinite(values).all().float().reshape(1)
-        everywhere = finite.clone()
-        torch.distributed.all_reduce(everywhere, op=torch.distributed.ReduceOp.MIN)
-        if bool(everywhere.item() < 1) and bool(finite.item() == 1):
-            named = {**named, "another_rank/non_finite": torch.tensor(float("nan"), device=self.device)}
-        return named
-
     def _optimise(self, optimizer, loss: Tensor, label: str, terms: Mapping[str, Tensor],
                   pending: dict[str, Tensor]) -> bool:
         """One optimiser step on `loss`, guarded. `stop`: the step's terms join `pending`, checked once at the
@@ -313,7 +149,7 @@ class SharinGANModule(pl.LightningModule):
         named = {f"{label}/{name.split('/')[-1]}": value for name, value in terms.items()}
         named[f"{label}/loss"] = loss.detach()  # the value optimised (its parts may all be finite)
         if self.guard.policy == "skip":
-            named = self._synchronised(named)
+            named = self.agreed_terms(named)
             if not self.guard.check(named, int(self.global_step) - self._steps_taken, f"iteration {self.iteration}"):
                 return False
         else:
@@ -331,11 +167,9 @@ class SharinGANModule(pl.LightningModule):
     def training_step(self, batch: Mapping, batch_index: int) -> None:
         # the step's own noise (WGAN-GP interpolation) is a function of (seed, iteration, rank): exact on resume,
         # independent across DDP ranks, and the single-device stream when there is one rank
-        rank, world = self._rank_and_world()
-        with seeded_generators(sample_seed(self.seed, self.iteration * world + rank, stream=1), self.device):
+        with self.iteration_noise():
             completed = self._training_iteration(batch)
-        if self.guard.policy == "skip":
-            self.log("train/skipped_batches", float(self.guard.skipped_steps), batch_size=1)
+        self.log_skipped_batches()
         if not completed:
             self._skip_rest_of_iteration(self._steps_taken)
         self.iteration += 1
@@ -360,7 +194,6 @@ class SharinGANModule(pl.LightningModule):
             for index in range(self.critic_steps):
                 loss, critic_terms = critic_loss(self.critic, shared_synthetic, shared_real,
                                                  self.weights.gradient_penalty)
-                loss = self.inject_nan("critic", loss)
                 if not self._optimise(critic_optimizer, loss, f"critic[{index}]", critic_terms, pending):
                     return False
                 self._steps_taken += 1
@@ -382,7 +215,6 @@ class SharinGANModule(pl.LightningModule):
                                           + reconstruction_loss(shared_real, x_real))
                         loss = loss + self.weights.reconstruction * reconstruction
                         step_terms["generator/reconstruction"] = reconstruction.detach()
-                    loss = self.inject_nan("generator", loss)
                     if not self._optimise(generator_optimizer, loss, f"generator[{index}]", step_terms, pending):
                         return False
                     step_terms["generator/total"] = loss.detach()
@@ -399,7 +231,6 @@ class SharinGANModule(pl.LightningModule):
                 shared_real = self.shared(part["real"]["image"])
             task_value, task_terms, predictions_synthetic, predictions_real = self.task_objective(
                 shared_synthetic, shared_real, part)
-            task_value = self.inject_nan("task", task_value)
             if not self._optimise(task_optimizer, task_value, f"task[{index}]", {}, pending):
                 return False
             self._steps_taken += 1
@@ -408,38 +239,12 @@ class SharinGANModule(pl.LightningModule):
 
         # policy stop: one isfinite over every loss of the iteration (all-reduced under DDP); raises before
         # logging / checkpointing
-        pending = self._synchronised(pending) if self.guard.policy == "stop" else pending
+        pending = self.agreed_terms(pending) if self.guard.policy == "stop" else pending
         self.guard.check(pending, int(self.global_step) - self._steps_taken, f"iteration {self.iteration}")
         self._log_terms(terms, int(chunks[0]["synthetic"]["image"].shape[0]))
         if self.image_every and self.iteration % self.image_every == 0:
             self.log_images(panels_batch)
         return True
-
-    def inject_nan(self, phase: str, loss: Tensor) -> Tensor:
-        """Test hook: `debug.nan_at: {iteration: I, phase: critic|generator|task}` makes that loss NaN."""
-        target = self.nan_at
-        if target is not None and target[0] == self.iteration and target[1] == phase:
-            return loss * float("nan")
-        return loss
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[TRAIN_STATE_KEY] = self.train_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(TRAIN_STATE_KEY)
-        if state is not None:
-            saved_world, world = int(state.get("world_size", 1)), self._rank_and_world()[1]
-            if saved_world != world:  # each rank's data stream is seeded by (iteration, rank, world size)
-                raise ValueError(f"cannot resume: the checkpoint was written by {saved_world} process(es) "
-                                 f"(devices x nodes), this run has {world}; the per-rank data streams would not "
-                                 "continue. Resume with the same trainer.devices and trainer.num_nodes")
-            self.iteration = int(state["iterations"])
-            self.guard.skipped_steps = int(state["skipped_batches"])
-
-    def train_state(self) -> dict[str, int]:
-        """What exact resume needs beyond Lightning's own state (plain numbers: weights_only loading)."""
-        return {"iterations": int(self.iteration), "skipped_batches": int(self.guard.skipped_steps),
-                "seed": int(self.seed), "world_size": self._rank_and_world()[1]}
 
     def log_images(self, batch: Mapping) -> None:
         """Fig 2.4 panels (x, G(x), |x - G(x)| per domain) and the task's prediction panels."""
@@ -469,52 +274,11 @@ class SharinGANModule(pl.LightningModule):
         metrics = self.task.validation_metrics(self.generator, self.task_network, batch)
         size = int(batch["image"].shape[0]) if isinstance(batch, Mapping) and "image" in batch else 1
         for name, value in metrics.items():
-            self.log(f"val/{name}", float(value), batch_size=size, prog_bar=name == "a1", sync_dist=True)
+            self.log(f"val/{name}", float(value), batch_size=size, prog_bar=name == self.task.PROGRESS_BAR_METRIC,
+                     sync_dist=True)
         experiment = getattr(self.logger, "experiment", None) if self.logger is not None else None
         if batch_index == 0 and hasattr(self.task, "validation_panels") and hasattr(experiment, "add_images"):
             with torch.no_grad():
                 panels = self.task.validation_panels(self.generator, self.task_network, batch)
             for name, panel in panels.items():
                 experiment.add_images(f"val_images/{name}", panel, self.global_step)
-
-
-class ExportNetworks(pl.Callback):
-    """Writes `networks_last.pt` at the end of training and `networks_best.pt` when the monitored
-    validation metric improves (the official code selects the best KITTI-val checkpoint)."""
-
-    def __init__(self, directory: str | Path, cfg: DictConfig, stage: str,
-                 monitor: tuple[str, str] | None = None) -> None:
-        self.directory, self.cfg, self.stage, self.monitor = Path(directory), cfg, stage, monitor
-        self.best: float | None = None
-
-    def _networks(self, module: pl.LightningModule) -> dict[str, nn.Module | None]:
-        return module.networks()
-
-    def setup(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
-        # one run folder, rank 0's: other ranks (torchrun, SLURM) learn its name here and write nothing
-        self.directory = Path(trainer.strategy.broadcast(str(self.directory)))
-
-    def state_dict(self) -> dict[str, Any]:  # the best value so far survives a resume
-        return {"best": self.best}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best = state_dict.get("best")
-
-    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self.monitor is None or trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        name, mode = self.monitor
-        value = trainer.callback_metrics.get(name)
-        if value is None:
-            return
-        value = float(value)
-        if self.best is None or (value > self.best if mode == "max" else value < self.best):
-            self.best = value
-            save_networks(self.directory / "networks_best.pt", self.cfg, self._networks(module), self.stage,
-                          trainer.global_step, {"monitor": name, "value": value})
-
-    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:  # DDP: every rank holds the same weights; rank 0 writes them
-            return
-        save_networks(self.directory / "networks_last.pt", self.cfg, self._networks(module), self.stage,
-                      trainer.global_step)

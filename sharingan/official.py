@@ -13,7 +13,7 @@ legacy (non-zip) format:
 - SfSNet pretraining `net_epoch_r5_5.pth`: a bare SfSNet state dict.
 
 `load_official(path, task)` returns our networks (paper size) with those weights; `import_official` writes them
-as a networks checkpoint (`sharingan.lit_module.save_networks`) that `sharingan.eval`, `sharingan.predict`,
+as a networks checkpoint (`sharingan.checkpoints.save_networks`) that `sharingan.eval`, `sharingan.predict`,
 `init.generator=` / `init.task_network=` and the pipeline's `init.official=` accept.
 
 How a file is read:
@@ -64,7 +64,7 @@ from torch import nn
 
 from common.checkpoints import sha256_of_file
 from common.config import REPO_ROOT, apply_overrides, load_config
-from sharingan.lit_module import save_networks
+from sharingan.checkpoints import save_networks
 from sharingan.models.critic import ImageCritic
 from sharingan.models.depth_network import DepthUNet
 from sharingan.models.face_critic import FaceCritic

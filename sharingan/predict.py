@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.images import list_images
-from sharingan.lit_module import load_networks
+from sharingan.checkpoints import load_networks
 from sharingan.tasks import load_task
 
 

@@ -7,22 +7,22 @@ official "PTNet": L1 of the full-resolution output). Its networks checkpoint is 
 baseline of Table 2.1.
 Optimisers: `optim.pretrain_generator` / `optim.pretrain_task` (official: Adam 5e-5 (0.5, 0.9) and
 1e-4 (0.95, 0.999)).
-Both stages resume exactly and guard against divergence like the end-to-end stage (`PretrainingModule`:
-the data position and skipped-batch count go into the Lightning checkpoint; a non-finite loss stops the run
-or, with `divergence_policy=skip`, skips the batch, which still counts as an iteration).
+Both stages resume exactly and guard against divergence like the end-to-end stage, through the same
+`common.resilience.IterationResume` (`PretrainingModule`: the data position, skipped-batch count, seed and world
+size go into the Lightning checkpoint; a non-finite loss stops the run or, with `divergence_policy=skip`, skips
+the batch, which still counts as an iteration).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from common.resilience import DivergenceGuard, sample_seed, seeded_generators
-from sharingan.lit_module import TRAIN_STATE_KEY, nan_injection
+from common.resilience import IterationResume
+from sharingan.checkpoints import TRAIN_STATE_KEY
 from sharingan.losses import reconstruction_loss
 from sharingan.tasks import load_task
 
@@ -32,31 +32,29 @@ def _adam(parameters, node: DictConfig) -> torch.optim.Adam:
                             weight_decay=float(node.get("weight_decay", 0.0)))
 
 
-class PretrainingModule(pl.LightningModule):
-    """What both pretraining stages share: divergence guard, per-iteration seeded noise, resume state.
+class PretrainingModule(IterationResume, pl.LightningModule):
+    """What both pretraining stages share: divergence guard, per-iteration seeded noise, resume state
+    (common.resilience.IterationResume, as the end-to-end stage).
 
     Subclasses implement `loss(batch, batch_index) -> (loss, {name: value to log})`."""
+
+    TRAIN_STATE_KEY = TRAIN_STATE_KEY
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.iteration = 0  # loader batches consumed (skipped ones included): the data position on resume
-        self.seed = int(cfg.get("seed") or 0)
-        self.guard = DivergenceGuard(str(cfg.get("divergence_policy") or "stop"))
-        self.nan_at = nan_injection(cfg)
+        # seed, divergence guard, data position `iteration` (loader batches consumed, skipped ones included)
+        self.init_resilience(int(cfg.get("seed") or 0), str(cfg.get("divergence_policy") or "stop"))
 
     def loss(self, batch: Mapping, batch_index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def training_step(self, batch: Mapping, batch_index: int) -> torch.Tensor | None:
-        with seeded_generators(sample_seed(self.seed, self.iteration, stream=1), self.device):
+        with self.iteration_noise():
             loss, logged = self.loss(batch, batch_index)
-        if self.nan_at is not None and self.nan_at[0] == self.iteration:
-            loss = loss * float("nan")
         iteration, self.iteration = self.iteration, self.iteration + 1
         finite = self.guard.check({"loss": loss.detach()}, int(self.global_step), f"iteration {iteration}")
-        if self.guard.policy == "skip":
-            self.log("train/skipped_batches", float(self.guard.skipped_steps), batch_size=1)
+        self.log_skipped_batches()
         if not finite:
             # Lightning skips backward and the update; the batch still counts as a global step (as in the
             # end-to-end stage), so iterations and global steps stay equal
@@ -67,16 +65,6 @@ class PretrainingModule(pl.LightningModule):
         return loss
 
     PROGRESS = ""
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[TRAIN_STATE_KEY] = {"iterations": int(self.iteration),
-                                       "skipped_batches": int(self.guard.skipped_steps), "seed": int(self.seed)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(TRAIN_STATE_KEY)
-        if state is not None:
-            self.iteration = int(state["iterations"])
-            self.guard.skipped_steps = int(state["skipped_batches"])
 
 
 class GeneratorPretraining(PretrainingModule):

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.checkpoints import sha256_of_file, write_json
+from sharingan.checkpoints import load_networks
 from sharingan.data.celeba import CelebAImages
 from sharingan.data.sfsnet_synthetic import FaceRecord, write_face_csv, write_light, write_png
-from sharingan.lit_module import load_networks
 from sharingan.models.sfsnet import decode_normals, encode_normals
 
 

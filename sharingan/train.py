@@ -41,14 +41,10 @@ from common.performance import apply_performance
 from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resume
 from common.runs import run_dir_for, seed_everything, start_run, write_metrics
 from common.trainer import build_trainer, launched_rank_is_zero
-from sharingan.lit_module import (
-    TRAIN_STATE_KEY,
-    ExportNetworks,
-    SharinGANModule,
-    load_pretrained,
-    optimizer_steps_per_iteration,
-)
+from sharingan.checkpoints import TRAIN_STATE_KEY, ExportNetworks, load_pretrained
+from sharingan.lit_module import SharinGANModule
 from sharingan.pretrain import GeneratorPretraining, TaskPretraining
+from sharingan.schedule import optimizer_steps_per_iteration
 from sharingan.tasks import load_task
 
 STAGES = ("pretrain_generator", "pretrain_task", "train")

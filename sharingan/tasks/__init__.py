@@ -1,7 +1,8 @@
 """Task modules: what SharinGAN needs to know about one primary task (depth, face normals).
 
 SharinGAN itself (shared generator G, critic D on G's output images, the three-step optimisation of
-eq. 2.10) is task-agnostic and lives in `sharingan.lit_module`, `sharingan.pretrain` and `sharingan.losses`.
+eq. 2.10) is task-agnostic and lives in `sharingan.lit_module`, `sharingan.pretrain` and `sharingan.losses`
+(the step schedule the data modules need, e.g. `batch_chunks`, in `sharingan.schedule`).
 Everything task-specific sits in one module `sharingan/tasks/<task>.py`, found by name with
 `load_task(name)`. The command-line tools (`train`, `eval`, `predict`, `summary`, `pipeline`) dispatch on the
 task name stored in the config or in the checkpoint, so adding a task means adding one file here.
@@ -18,7 +19,7 @@ build_datamodule(cfg, stage) -> pl.LightningDataModule
     stage is "pretrain_generator" (batches {"synthetic": {...}, "real": {...}}), "pretrain_task"
     (batches {"synthetic": {...}}) or "train" (both domains). Each domain batch is a dict of tensors whose
     "image" entry is the generator's input; other keys are the task's labels / geometry.
-    The "train" loader may hold several chunks per step (see `SharinGANModule`).
+    The "train" loader may hold several chunks per step (`sharingan.schedule.batch_chunks`).
 build_task_loss(cfg) -> object with three methods, each returning (loss tensor, {term name: tensor}):
     .synthetic(predictions, batch)   supervised term on synthetic data (part of L_T, eq. 2.8 / 2.9)
     .real(predictions, batch)        virtual supervision on real data (part of L_T)
@@ -30,7 +31,8 @@ prediction_panels(predictions, batch, domain) -> dict[str, Tensor]
     Named (B, 3, H, W) images in [0, 1] (colourised prediction, ground truth) for TensorBoard.
 validation_dataloader(cfg) -> DataLoader | None, validation_metrics(generator, task_network, batch) -> dict
     Optional model selection on labelled real validation data (the official code picks the best
-    validation checkpoint); MONITOR = ("val/<metric>", "max" | "min") or None.
+    validation checkpoint); MONITOR = ("val/<metric>", "max" | "min") or None; PROGRESS_BAR_METRIC = "<metric>"
+    (a key of validation_metrics shown on the progress bar) or None.
 validation_panels(generator, task_network, batch) -> dict[str, Tensor]
     Optional: named (B, 3, H, W) images in [0, 1] logged for the first validation batch.
 evaluate(cfg, networks, out_dir) -> dict
@@ -54,7 +56,7 @@ REQUIRED = (
     "NAME", "PIPELINE_CONFIG", "build_networks", "build_datamodule", "build_task_loss", "to_display",
     "prediction_panels", "evaluate", "predict", "verify_data", "write_tables",
 )
-OPTIONAL_DEFAULTS = {"MONITOR": None}
+OPTIONAL_DEFAULTS = {"MONITOR": None, "PROGRESS_BAR_METRIC": None}
 
 
 def load_task(name: str) -> ModuleType:

@@ -33,10 +33,12 @@ from sharingan.losses import DepthLossWeights, DepthTaskLoss, depth_from_network
 from sharingan.models.critic import ImageCritic
 from sharingan.models.depth_network import DepthUNet
 from sharingan.models.generator import ResNetGenerator
+from sharingan.schedule import batch_chunks
 
 NAME = "depth"
 PIPELINE_CONFIG = "experiments/chapter2/depth_pipeline.yaml"
 MONITOR = ("val/a1", "max")  # the official code keeps the checkpoint with the best KITTI-val δ<1.25
+PROGRESS_BAR_METRIC = "a1"  # the validation metric shown on the progress bar (δ<1.25)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PAPER_TABLES = REPO_ROOT / "experiments" / "chapter2" / "paper_tables_depth.yaml"
 KITTI_COLUMNS = ["abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"]
@@ -143,8 +145,6 @@ def training_dataset(cfg: DictConfig, stage: str) -> Dataset:
 def build_datamodule(cfg: DictConfig, stage: str) -> pl.LightningDataModule:
     """Training batches of one stage (`data.batch_size.<stage>` per domain and step); the end-to-end stage also
     validates on KITTI (pretraining stages do not validate)."""
-    from sharingan.lit_module import batch_chunks
-
     return TwoDomainDataModule(cfg, stage, NAME, training_dataset, "data.batch_size.{stage}",
                                batch_chunks(cfg) if stage == "train" else 1, validation=validation_dataloader)
 

@@ -37,16 +37,17 @@ from sharingan.data.multipie import MultiPIEDataset, lighting_class_scores
 from sharingan.data.photoface import PhotofaceDataset
 from sharingan.data.sfsnet_synthetic import read_light, synthetic_dataset, write_light
 from sharingan.face_losses import SfSWeights, sfs_supervision
-from sharingan.lit_module import batch_chunks
 from sharingan.models.face_critic import FaceCritic
 from sharingan.models.rbdn import RBDN
 from sharingan.models.sfsnet import SfSNet, decode_normals, render
 from sharingan.pseudo_labels import face_image_size as image_size  # the pseudo-labeller reads it too
 from sharingan.pseudo_labels import label_from_checkpoint
+from sharingan.schedule import batch_chunks
 
 NAME = "normals"
 PIPELINE_CONFIG = "experiments/chapter2/faces_pipeline.yaml"
 MONITOR = ("val/mae_deg", "min")  # the official code selects the best Photoface-val checkpoint
+PROGRESS_BAR_METRIC = "mae_deg"  # the validation metric shown on the progress bar
 PAPER_TABLES = Path(__file__).resolve().parents[2] / "experiments" / "chapter2" / "paper_tables_faces.yaml"
 
 

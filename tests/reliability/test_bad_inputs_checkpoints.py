@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def depth_checkpoint(tmp_path_factory):
-    from sharingan.lit_module import save_networks
+    from sharingan.checkpoints import save_networks
     from sharingan.tasks import load_task
 
     cfg = load_config(ROOT / "experiments" / "chapter2" / "depth_tiny.yaml")
@@ -32,7 +32,7 @@ def test_pseudo_labels_refuse_a_depth_checkpoint(depth_checkpoint, tmp_path):
 
 
 def test_face_initialisation_from_a_depth_checkpoint_is_refused(depth_checkpoint):
-    from sharingan.lit_module import load_pretrained
+    from sharingan.checkpoints import load_pretrained
     from sharingan.tasks import load_task
 
     cfg = load_config(ROOT / "experiments" / "chapter2" / "faces_tiny.yaml")
@@ -44,7 +44,7 @@ def test_face_initialisation_from_a_depth_checkpoint_is_refused(depth_checkpoint
 
 
 def test_weights_that_do_not_fit_the_configured_width_are_refused(depth_checkpoint):
-    from sharingan.lit_module import load_networks
+    from sharingan.checkpoints import load_networks
 
     with pytest.raises(ValueError, match=rf"{depth_checkpoint.name}: weights of generator do not fit"):
         load_networks(depth_checkpoint, "depth", ["model.generator_width=0.25"])

@@ -27,15 +27,11 @@ import torch
 from common.config import REPO_ROOT, load_config
 from common.resilience import sample_seed
 from common.testing import write_depth_fixtures
+from sharingan.checkpoints import save_networks
 from sharingan.data.loaders import resumable_loader
-from sharingan.lit_module import (
-    SharinGANModule,
-    adam_settings,
-    frozen,
-    save_networks,
-    split_batch,
-)
+from sharingan.lit_module import SharinGANModule, frozen
 from sharingan.losses import critic_loss, generator_adversarial_loss, reconstruction_loss
+from sharingan.schedule import adam_settings, split_batch
 from sharingan.tasks import load_task
 from sharingan.train import run_stage
 

@@ -14,8 +14,8 @@ from common.config import load_config
 from common.resilience import NonFiniteLossError
 from common.testing import write_tiny_stable_diffusion
 from ldznet.data import NumberedSamples
-from ldznet.lit_module import SegmenterLitModule
 from ldznet.train import main, train
+from tests.helpers.nan_injection import nan_in_ldznet
 from tests.helpers.toy_phrasecut import write_toy_phrasecut
 
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "chapter3" / "tiny.yaml"
@@ -36,15 +36,7 @@ def overrides(world):
 
 @pytest.fixture
 def nan_at_step_2(monkeypatch):
-    original = SegmenterLitModule._loss
-
-    def loss(self, batch):
-        value, logits = original(self, batch)
-        if self.training and self.global_step == 2:
-            value = value * float("nan")
-        return value, logits
-
-    monkeypatch.setattr(SegmenterLitModule, "_loss", loss)
+    nan_in_ldznet(monkeypatch, step=2)
 
 
 def test_nan_loss_stops_naming_step_and_term_and_keeps_last_checkpoint(world, tmp_path, nan_at_step_2, capsys,

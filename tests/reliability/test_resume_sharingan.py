@@ -20,8 +20,8 @@ from common.checkpoints import load_torch, save_torch
 from common.config import REPO_ROOT, load_config
 from common.resilience import SeededSamples, StepSeededSampler
 from common.testing import write_depth_fixtures
+from sharingan.checkpoints import TRAIN_STATE_KEY, save_networks
 from sharingan.data.loaders import ShardedStepSampler, resumable_loader
-from sharingan.lit_module import TRAIN_STATE_KEY, save_networks
 from sharingan.train import run_stage
 
 DEPTH_TINY = REPO_ROOT / "experiments" / "chapter2" / "depth_tiny.yaml"
@@ -218,15 +218,20 @@ def test_pipeline_resume_last_reuses_finished_stages_and_resumes_interrupted_one
         train.run_or_resume(load_config(DEPTH_TINY, ["resume=/some/last.ckpt"]), "train", tmp_path)
 
 
-def test_resume_with_another_world_size_is_refused(depth_data):
+@pytest.mark.parametrize("stage", ["train", "pretrain_generator", "pretrain_task"])
+def test_resume_with_another_world_size_is_refused(depth_data, stage):
     """Each rank's data stream is seeded by (iteration, rank, world size): a checkpoint written by 2 processes
-    cannot continue exactly in 1, so loading it is refused with a message naming both counts."""
+    cannot continue exactly in 1, so loading it is refused with a message naming both counts (every stage: they
+    share common.resilience.IterationResume)."""
     from sharingan.lit_module import SharinGANModule
+    from sharingan.pretrain import GeneratorPretraining, TaskPretraining
 
     tiny = REPO_ROOT / "experiments/chapter2/depth_tiny.yaml"
-    module = SharinGANModule(load_config(tiny, depth_overrides(depth_data, 1)))
+    module_class = {"train": SharinGANModule, "pretrain_generator": GeneratorPretraining,
+                    "pretrain_task": TaskPretraining}[stage]
+    module = module_class(load_config(tiny, depth_overrides(depth_data, 1)))
     state = module.train_state()
-    assert state["world_size"] == 1
+    assert state == {"iterations": 0, "skipped_batches": 0, "seed": module.seed, "world_size": 1}
     module.on_load_checkpoint({TRAIN_STATE_KEY: state})  # same world size: accepted
     with pytest.raises(ValueError, match=r"written by 2 process\(es\).*this run has 1"):
         module.on_load_checkpoint({TRAIN_STATE_KEY: dict(state, world_size=2)})

@@ -15,7 +15,7 @@ import pytest
 from common.checkpoints import load_torch
 from common.config import REPO_ROOT
 from common.testing import write_depth_fixtures
-from sharingan.lit_module import TRAIN_STATE_KEY
+from sharingan.checkpoints import TRAIN_STATE_KEY
 
 DEPTH_TINY = REPO_ROOT / "experiments" / "chapter2" / "depth_tiny.yaml"
 STEPS_PER_ITERATION = 7  # depth: 5 critic + 1 generator + 1 task optimiser steps

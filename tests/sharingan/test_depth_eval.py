@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from common.config import REPO_ROOT, load_config
+from sharingan.checkpoints import load_networks, save_networks
 from sharingan.data.kitti import write_kitti_fixture, write_kitti_list, write_velodyne_bin
 from sharingan.data.make3d import write_make3d_fixture, write_make3d_mat
 from sharingan.eval import main as eval_main
-from sharingan.lit_module import load_networks, save_networks
 from sharingan.predict import main as predict_main
 from sharingan.tasks import load_task
 from sharingan.tasks.depth import build_networks, evaluate, predict_depth

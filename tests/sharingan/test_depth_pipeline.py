@@ -12,8 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from common.config import REPO_ROOT, load_config
 from common.testing import write_depth_fixtures
-from sharingan.lit_module import SharinGANModule, batch_chunks, split_batch
+from sharingan.lit_module import SharinGANModule
 from sharingan.pipeline import run_pipeline
+from sharingan.schedule import batch_chunks, split_batch
 from sharingan.train import main as train_main
 from sharingan.train import run_stage
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from common.config import load_config
+from sharingan.checkpoints import load_networks
 from sharingan.data.photoface import write_photoface_fixture
 from sharingan.data.sfsnet_synthetic import write_sfsnet_synthetic_fixture
-from sharingan.lit_module import load_networks
 from sharingan.tasks import load_task
 from sharingan.train import run_stage
 

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 
 from common.config import load_config
 from demo.worlds import faces
+from sharingan.checkpoints import load_networks
 from sharingan.data.sfsnet_synthetic import read_light
-from sharingan.lit_module import load_networks
 from sharingan.models.sfsnet import decode_normals
 from sharingan.tasks import load_task
 from sharingan.train import run_stage

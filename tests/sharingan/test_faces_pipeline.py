@@ -10,11 +10,11 @@ from torch import nn
 
 from sharingan import eval as eval_command
 from sharingan import pipeline, predict, summary
+from sharingan.checkpoints import load_networks, read_networks_checkpoint, save_networks
 from sharingan.data.celeba import write_celeba_fixture
 from sharingan.data.multipie import write_multipie_fixture
 from sharingan.data.photoface import write_photoface_fixture
 from sharingan.data.sfsnet_synthetic import read_face_csv, write_sfsnet_synthetic_fixture
-from sharingan.lit_module import load_networks, read_networks_checkpoint, save_networks
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "experiments" / "chapter2" / "faces_tiny.yaml"

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from common.config import REPO_ROOT, load_config
 from sharingan import official
-from sharingan.lit_module import load_networks, load_pretrained, read_networks_checkpoint
+from sharingan.checkpoints import load_networks, load_pretrained, read_networks_checkpoint
 
 LISTING = json.loads((REPO_ROOT / "sharingan" / "official_keys.json").read_text())
 SECTION = {"depth": "depth", "normals": "faces"}
