@@ -115,8 +115,9 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
     precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
     if stage == "train" and precision not in ("32-true", "32", "64-true", "64"):
         raise ValueError(f"trainer.precision={precision} is refused for SharinGAN's end-to-end stage: on the tiny CPU "
-                         "networks bf16 gradients differ from fp32 by O(1) and one bf16-mixed iteration left non-finite"
-                         " critic weights (docs/benchmarks.md 'Throughput switches'); use trainer.precision=32-true")
+                         "networks bf16 gradients differ from fp32 by O(1), and PyTorch's CPU bf16 convolution weight "
+                         "gradient on the critic's 1x1 maps returns uninitialised (sometimes non-finite) values "
+                         "(docs/benchmarks.md 'Throughput switches'); use trainer.precision=32-true")
     if launched_rank_is_zero():
         run_dir = start_run(cfg, "chapter2", f"{cfg.experiment}/{stage}", root=root)
     else:  # torchrun / SLURM / Lightning's launcher: rank 0's folder (ExportNetworks learns its name at setup)
