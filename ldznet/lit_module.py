@@ -48,7 +48,7 @@ from torch import nn
 
 from common.metrics.segmentation import ThresholdSweepMetrics
 from common.performance import fused_kwargs
-from common.resilience import DivergenceGuard, sample_seed, seeded_generators
+from common.resilience import ResilientModule
 from common.runs import write_metrics
 from common.trainer import first_epoch_end_after_resume
 from common.viz import image_grid, overlay_mask
@@ -224,8 +224,13 @@ def overlay_panel(images: torch.Tensor, masks: torch.Tensor, logits: torch.Tenso
 TRAIN_STATE_KEY = "ldznet_train_state"
 
 
-class SegmenterLitModule(pl.LightningModule):
-    """Trains one segmenter variant; `model_cfg` / `optim_cfg` are the config's `model` / `optim` nodes."""
+class SegmenterLitModule(ResilientModule, pl.LightningModule):
+    """Trains one segmenter variant; `model_cfg` / `optim_cfg` are the config's `model` / `optim` nodes.
+
+    Seed, divergence guard, the step's seeded noise, the skipped-batch count and the resume state's save / load are
+    common.resilience.ResilientModule's (as for SharinGAN); the data position is `next_sample_number`."""
+
+    TRAIN_STATE_KEY = TRAIN_STATE_KEY
 
     def __init__(self, model_cfg: Mapping, optim_cfg: Mapping | None = None, task: str = DEFAULT_TASK,
                  log_images_every: int = 500, components=None, run_dir: str | Path | None = None,
@@ -255,8 +260,7 @@ class SegmenterLitModule(pl.LightningModule):
         self._ema_context = None
         self.learning_rate: float | None = None
         self.run_dir = Path(run_dir) if run_dir is not None else None  # where on_train_end exports
-        self.guard = DivergenceGuard(divergence_policy)
-        self.seed = int(seed)
+        self.init_resilience(seed, divergence_policy)  # seed and divergence guard (common.resilience)
         self.next_sample_number = 0  # first sample number not yet trained on (this rank)
         self._epoch_loss_sum: torch.Tensor | None = None  # summed on device: no host sync per step
         self._epoch_loss_count = 0
@@ -289,7 +293,7 @@ class SegmenterLitModule(pl.LightningModule):
         numbers = batch.get("sample_number")
         if numbers:  # EpochStepSampler batches: noise is a function of (seed, sample number), per sample
             # (the global generators are seeded too, for any other random layer a model might have)
-            with seeded_generators(sample_seed(self.seed, numbers[0], stream=1), self.device), \
+            with self.step_noise(numbers[0]), \
                     per_sample_noise(self.model, numbers, seed=self.seed):
                 loss, logits = self._loss(batch)
             self.next_sample_number = max(self.next_sample_number, max(numbers) + 1)
@@ -297,9 +301,7 @@ class SegmenterLitModule(pl.LightningModule):
             loss, logits = self._loss(batch)
         batch_size = batch["image"].shape[0]
         self._skip_ema = not self.guard.check({"bce": loss.detach()}, int(self.global_step))
-        if self.guard.policy == "skip":
-            self.log("train/skipped_batches", float(self.guard.skipped_steps), on_step=True, on_epoch=False,
-                     batch_size=batch_size)
+        self.log_skipped_batches(batch_size)
         if self._skip_ema:
             return None  # Lightning skips backward and the optimiser step
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
@@ -424,7 +426,7 @@ class SegmenterLitModule(pl.LightningModule):
         checkpoint["ldznet_segmenter"] = segmenter_header(self.model_cfg, self.task, self.stable_diffusion_record)
         if self.ema is not None:
             checkpoint["ema_state_dict"] = self.ema.state_dict()
-        checkpoint[TRAIN_STATE_KEY] = self.train_state()
+        super().on_save_checkpoint(checkpoint)  # train_state() under TRAIN_STATE_KEY (common.resilience)
 
     def train_state(self) -> dict[str, Any]:
         """What exact resume needs beyond Lightning's own state (plain numbers: weights_only loading)."""
@@ -443,13 +445,14 @@ class SegmenterLitModule(pl.LightningModule):
                              f"{self.model.variant!r} model, e.g. {missing[:3]}")
         if self.ema is not None and checkpoint.get("ema_state_dict"):
             self.ema.load_state_dict(checkpoint["ema_state_dict"])
-        state = checkpoint.get(TRAIN_STATE_KEY)
-        if state:
-            self.next_sample_number = int(state["next_sample_number"])
-            self._epoch_loss_count = int(state["epoch_loss_count"])
-            self._epoch_loss_epoch = int(state.get("epoch_loss_epoch", 0))
-            self._epoch_loss_sum = torch.tensor(float(state["epoch_loss_sum"])) if self._epoch_loss_count else None
-            self.guard.skipped_steps = int(state["skipped_batches"])
+        super().on_load_checkpoint(checkpoint)  # load_train_state (common.resilience)
+
+    def load_train_state(self, state: Mapping[str, Any]) -> None:
+        super().load_train_state(state)  # skipped batches
+        self.next_sample_number = int(state["next_sample_number"])
+        self._epoch_loss_count = int(state["epoch_loss_count"])
+        self._epoch_loss_epoch = int(state.get("epoch_loss_epoch", 0))
+        self._epoch_loss_sum = torch.tensor(float(state["epoch_loss_sum"])) if self._epoch_loss_count else None
 
     def on_train_end(self) -> None:
         """Export inside the training process(es), so spawned DDP workers export their own EMA: a final
