@@ -12,10 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from common.checkpoints import load_torch, save_torch
-from common.resilience import DivergenceGuard, NonFiniteLossError, StepSeededSampler, rng_state, set_rng_state
+from common.resilience import (
+    DivergenceGuard,
+    IterationResume,
+    NonFiniteLossError,
+    StepSeededSampler,
+    rng_state,
+    sample_seed,
+    set_rng_state,
+)
 
 
 def test_guard_stops_naming_step_and_term():
@@ -32,6 +41,48 @@ def test_guard_skip_policy_counts():
     assert guard.skipped_steps == 1
     with pytest.raises(ValueError, match="policy"):
         DivergenceGuard("ignore")
+
+
+class _Counting(IterationResume, pl.LightningModule):
+    TRAIN_STATE_KEY = "toy_train_state"
+
+    def __init__(self, seed: int, policy: str = "stop") -> None:
+        super().__init__()
+        self.init_resilience(seed, policy)
+
+
+def test_resilient_module_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    """The mixin's resume state: written under the class's key by on_save_checkpoint, read back by a fresh module
+    from a weights_only file; another world size is refused."""
+    module = _Counting(seed=11, policy="skip")
+    module.iteration, module.guard.skipped_steps = 7, 2
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint == {"toy_train_state": {"iterations": 7, "skipped_batches": 2, "seed": 11, "world_size": 1}}
+    save_torch(checkpoint, tmp_path / "state.ckpt")
+    fresh = _Counting(seed=11, policy="skip")
+    fresh.on_load_checkpoint(load_torch(tmp_path / "state.ckpt"))
+    assert (fresh.iteration, fresh.guard.skipped_steps) == (7, 2)
+    fresh.on_load_checkpoint({})  # a checkpoint without the state leaves the module as it is
+    assert fresh.iteration == 7
+    with pytest.raises(ValueError, match=r"written by 4 process\(es\).*this run has 1"):
+        fresh.on_load_checkpoint({"toy_train_state": {**checkpoint["toy_train_state"], "world_size": 4}})
+
+
+def test_step_noise_is_a_function_of_seed_and_position_and_leaves_the_global_generator():
+    module = _Counting(seed=5)
+    torch.manual_seed(123)
+    outside = torch.get_rng_state()
+    module.iteration = 3
+    with module.iteration_noise():
+        first = torch.rand(4)
+    assert torch.equal(torch.get_rng_state(), outside)  # the global stream is untouched
+    with module.step_noise(3):
+        again = torch.rand(4)
+    expected = torch.rand(4, generator=torch.Generator().manual_seed(sample_seed(5, 3, stream=1)))
+    assert torch.equal(first, again) and torch.equal(first, expected)  # (seed, iteration x 1 + 0) on one process
+    with module.step_noise(4):
+        assert not torch.equal(torch.rand(4), first)
 
 
 def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
