@@ -296,7 +296,11 @@ class SegmenterLitModule(ResilientModule, pl.LightningModule):
             with self.step_noise(numbers[0]), \
                     per_sample_noise(self.model, numbers, seed=self.seed):
                 loss, logits = self._loss(batch)
-            self.next_sample_number = max(self.next_sample_number, max(numbers) + 1)
+            # the first sample number no rank has drawn yet: rank r of W draws base + r + kW, so after its last
+            # one base + (k + 1)W follows (= max + 1 on one process); the same on every rank, so a checkpoint
+            # resumes on any number of processes (EpochStepSampler(start=...))
+            rank, world = int(self.trainer.global_rank), int(self.trainer.world_size)
+            self.next_sample_number = max(self.next_sample_number, max(numbers) - rank + world)
         else:
             loss, logits = self._loss(batch)
         batch_size = batch["image"].shape[0]
@@ -429,12 +433,23 @@ class SegmenterLitModule(ResilientModule, pl.LightningModule):
         super().on_save_checkpoint(checkpoint)  # train_state() under TRAIN_STATE_KEY (common.resilience)
 
     def train_state(self) -> dict[str, Any]:
-        """What exact resume needs beyond Lightning's own state (plain numbers: weights_only loading)."""
-        loss_sum = 0.0 if self._epoch_loss_sum is None else float(self._epoch_loss_sum)
+        """What exact resume needs beyond Lightning's own state (plain numbers: weights_only loading). The
+        epoch's loss sum is averaged over DDP ranks (every rank calls this while saving; rank 0 writes), so the
+        plateau input continues on any number of processes; the global batch and world size let ldznet.train
+        check a resume (`check_resume_world`)."""
+        loss_sum = 0.0 if self._epoch_loss_sum is None else self._epoch_loss_sum
+        trainer = self._trainer
+        world = int(trainer.world_size) if trainer is not None else 1
+        if world > 1:  # every rank has as many batches, so the mean of the sums is the sum of the rank means
+            loss_sum = trainer.strategy.reduce(torch.as_tensor(loss_sum, dtype=torch.float32, device=self.device),
+                                               reduce_op="mean")
+        plan = self.training_plan
         return {"seed": self.seed, "next_sample_number": int(self.next_sample_number),
-                "epoch_loss_sum": loss_sum, "epoch_loss_count": int(self._epoch_loss_count),
+                "epoch_loss_sum": float(loss_sum), "epoch_loss_count": int(self._epoch_loss_count),
                 "epoch_loss_epoch": int(self._epoch_loss_epoch),
-                "skipped_batches": int(self.guard.skipped_steps)}
+                "skipped_batches": int(self.guard.skipped_steps), "world_size": world,
+                "global_batch": None if plan is None else int(plan.global_batch),
+                "accumulation": int(trainer.accumulate_grad_batches) if trainer is not None else 1}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         trainable = {"model." + name for name, parameter in self.model.named_parameters() if parameter.requires_grad}
