@@ -35,6 +35,8 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds per chapter stage")
     parser.add_argument("--out", default=None, help="output folder (default runs/demo, runs/demo-quick)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="worker processes running independent stages and seeds at once (config key jobs)")
     parser.add_argument("--only", nargs="+", default=(), metavar="STAGE", help="run only these stages")
     parser.add_argument("--config", default=None, help="demo config (default experiments/demo/demo.yaml)")
     parser.add_argument("--list", action="store_true", help="list the stages and exit")
@@ -65,21 +67,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.append(f"seeds={args.seeds}")
     if args.out is not None:
         overrides.append(f"out={args.out}")
+    if args.jobs is not None:
+        overrides.append(f"jobs={args.jobs}")
     cfg = load_config(config, overrides)
     stages = build_stages(cfg)
     if args.list:
         for stage in stages:
-            print(f"{stage.name:14s} needs {', '.join(stage.needs) or '-':26s} {stage.description}")
+            print(f"{stage.name:19s} needs {', '.join(stage.needs) or '-':42s} {stage.description}")
         return 0
     unknown = set(args.only) - {stage.name for stage in stages}
     if unknown:
         raise SystemExit(f"--only: unknown stage(s) {sorted(unknown)}; stages: {[s.name for s in stages]}")
     import torch
 
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(int(cfg.threads))
+    threads = 0 if "OMP_NUM_THREADS" in os.environ else int(cfg.threads)  # 0: the environment decides
+    if threads:
+        torch.set_num_threads(threads)
     start = time.perf_counter()
-    status = StageRunner(cfg.out, force=args.force, only=args.only).run(stages)
+    status = StageRunner(cfg.out, force=args.force, only=args.only, jobs=int(cfg.jobs), threads=threads).run(stages)
     from demo.report import write_report
 
     command = "python -m demo " + " ".join(sys.argv[1:] if argv is None else argv)

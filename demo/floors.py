@@ -196,6 +196,29 @@ def run_floors_faces(ctx: StageContext) -> dict:
                            faces_per_image)
 
 
+def fit_image_only(ctx: StageContext, part: str, folder: Path) -> dict:
+    """The image-only floor for one training seed (stage `floor_image_only`, part ``seed<N>``): the
+    `image_only_variant` class trained by `ldznet.train` with the same settings on the same PhraseCut images
+    and masks, every phrase replaced by one fixed phrase (the prompt carries no information)."""
+    from common.config import load_config
+    from ldznet.pipeline import variant_config
+    from ldznet.train import train
+
+    c = ctx.config
+    world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
+    variant = str(c["image_only_variant"])
+    seed = int(part.removeprefix("seed"))
+    blind = write_prompt_blind_phrasecut(world / "phrasecut", folder / "phrasecut_prompt_blind")
+    overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
+        f"pipeline.out={folder / 'pipeline'}", f"pipeline.runs_root={folder / 'runs'}", f"seed={seed}"]
+    cfg = variant_config(load_config(c["config"], overrides), variant)
+    cfg.experiment = f"{variant}_image_only"
+    cfg.data.train.root = str(blind)
+    cfg.data.val.root = str(blind)
+    run_dir = train(cfg, root=str(folder / "runs"))
+    return {"run_dir": str(run_dir), "segmenter": str(run_dir / "segmenter.pt")}
+
+
 def run_floors_segmentation(ctx: StageContext) -> dict:
     """All-foreground and image-only floors on every evaluation set, and every row's per-sample IoU curves."""
     import gc
@@ -206,30 +229,18 @@ def run_floors_segmentation(ctx: StageContext) -> dict:
     from ldznet.checkpoints import load_segmenter
     from ldznet.data import build_dataset
     from ldznet.eval import evaluate_segmenter
-    from ldznet.pipeline import METHOD_NAMES, evaluation_nodes, variant_config
-    from ldznet.train import train
+    from ldznet.pipeline import METHOD_NAMES, evaluation_nodes
 
     c = ctx.config
     world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
     variant = str(c["image_only_variant"])
-    blind = write_prompt_blind_phrasecut(world / "phrasecut", ctx.out_dir / "phrasecut_prompt_blind")
 
     def config(seed: int, out: Path):
         overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
             f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
         return load_config(c["config"], overrides)
 
-    image_only = {}
-    for seed in c["seeds"]:
-        def fit(folder: Path, seed=seed) -> dict:
-            cfg = variant_config(config(seed, folder), variant)
-            cfg.experiment = f"{variant}_image_only"
-            cfg.data.train.root = str(blind)
-            cfg.data.val.root = str(blind)
-            run_dir = train(cfg, root=str(folder / "runs"))
-            return {"run_dir": str(run_dir), "segmenter": str(run_dir / "segmenter.pt")}
-
-        image_only[str(seed)] = ctx.cached(f"image_only_seed{seed}", fit)
+    image_only = dict(ctx.results["floor_image_only"]["seeds"])
     cfg = config(c["seeds"][0], ctx.out_dir)
     evaluation = cfg.pipeline.evaluation
     loaders = {}

@@ -1,22 +1,27 @@
-"""The miniature's stages, in order: three worlds, the tiny LDM, then each chapter's own pipeline.
+"""The miniature's stages: three worlds, the tiny LDM, then each chapter's own pipeline.
 
-    world_street  world_faces  world_shapes      procedural data in the real formats (demo/worlds)
+    world_shapes  world_faces  world_street      procedural data in the real formats (demo/worlds)
     tiny_ldm                                     the stand-in for Stable Diffusion v1.4 (demo/tiny_ldm.py)
-    depth                                        sharingan.pipeline --task depth   (Tables 2.1, 2.2, 2.5, 2.6)
     faces                                        sharingan.pipeline --task normals (Tables 2.3, 2.4)
-    ldznet                                       ldznet.pipeline (RGBNet, ZNet, LD-ZNet, concat; Tables 3.1-3.4)
+    depth                                        sharingan.pipeline --task depth   (Tables 2.1, 2.2, 2.5, 2.6)
+    ldznet_train                                 ldznet.train per (seed, model): RGBNet, ZNet, LD-ZNet, concat
+    floor_image_only                             the image-only segmentation floor, trained per seed
+    probe                                        ldznet.analysis.probe (Fig 3.4 block x timestep heat map)
+    ldznet                                       ldznet.pipeline evaluating the trained models (Tables 3.1-3.4)
     floors_depth  floors_faces                   sanity floors through the chapters' evaluate + per-image values
     floors_segmentation                          all-foreground and image-only floors + per-sample IoU curves
-    probe                                        ldznet.analysis.probe (Fig 3.4 block x timestep heat map)
 
-A chapter stage runs its pipeline once per training seed on the world's files (roots and lists are passed
-as config overrides) and returns, per seed, the metrics of every row; the report pairs them by seed. Each
-seed is cached on its own (`StageContext.cached`): an interrupted stage resumes at its first unfinished seed.
+A chapter stage runs its pipeline once per training seed (one *part* per seed; Chapter 3's training one part
+per seed and model) on the world's files (roots and lists are passed as config overrides) and returns, per
+seed, the metrics of every row; the report pairs them by seed. Each part is cached on its own: an interrupted
+stage resumes at its first unfinished part, and with ``jobs`` > 1 independent parts and stages run at the
+same time in worker processes (demo/stages.py). The list order is the priority order of that scheduling.
 """
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,50 +120,75 @@ def _read_rows(summary: dict) -> dict[str, dict]:
     return rows
 
 
-def run_chapter2(task: str, world_stage: str, overrides_for):
-    def run(ctx: StageContext) -> dict:
-        from sharingan.pipeline import run_pipeline
+def seed_of(part: str) -> int:
+    """'seed3' or 'seed3_rgbnet' -> 3 (the part names of the per-seed stages)."""
+    return int(part.removeprefix("seed").split("_", 1)[0])
 
-        c = ctx.config
-        world = ctx.path_of(world_stage)
-        per_seed = {}
-        for seed in c["seeds"]:
-            def one_seed(folder: Path, seed=seed) -> dict:
-                overrides = list(c["overrides"]) + overrides_for(world) + [f"seed={seed}"]
-                summary = run_pipeline(task, c["config"], overrides, root=folder)
-                return {"out_dir": str(summary["out_dir"]), "rows": _read_rows(summary),
-                        "tables": summary.get("tables", []),
-                        "checkpoints": {k: v.get("checkpoint") for k, v in summary["rows"].items()},
-                        "pretrained": summary.get("pretrained", {})}
 
-            per_seed[str(seed)] = ctx.cached(f"seed{seed}", one_seed)
-        return {"task": task, "seeds": per_seed}
+def run_chapter2_seed(task: str, world_stage: str, overrides_for, ctx: StageContext, part: str, folder: Path) -> dict:
+    """One training seed of a Chapter-2 stage: `sharingan.pipeline` (pretraining, every row, evaluation)."""
+    from sharingan.pipeline import run_pipeline
 
-    return run
+    c = ctx.config
+    overrides = list(c["overrides"]) + overrides_for(ctx.path_of(world_stage)) + [f"seed={seed_of(part)}"]
+    summary = run_pipeline(task, c["config"], overrides, root=folder)
+    return {"out_dir": str(summary["out_dir"]), "rows": _read_rows(summary), "tables": summary.get("tables", []),
+            "checkpoints": {k: v.get("checkpoint") for k, v in summary["rows"].items()},
+            "pretrained": summary.get("pretrained", {})}
+
+
+def combine_seeds(ctx: StageContext, **extra) -> dict:
+    return extra | {"seeds": {str(seed_of(part)): result for part, result in ctx.parts.items()}}
 
 
 # ----------------------------------------------------------------------------------------------- chapter 3
 
+def ldznet_seed_config(ctx: StageContext, seed: int, out: Path) -> DictConfig:
+    c = ctx.config
+    world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
+    overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
+        f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
+    return load_config(c["config"], overrides)
 
 
-def run_ldznet(ctx: StageContext) -> dict:
+def ldznet_variants(config: dict) -> list[str]:
+    composed_config = config.get("composed") or {}
+    return [str(v) for v in (composed_config.get("pipeline") or {}).get("variants", [])]
+
+
+def run_ldznet_training(ctx: StageContext, part: str, folder: Path) -> dict:
+    """One (training seed, variant) of Chapter 3: `ldznet.train` with the pipeline's per-variant config."""
+    try:
+        from ldznet.pipeline import variant_config
+        from ldznet.train import train
+    except ImportError as error:
+        raise StageNotRunnable(f"ldznet.pipeline cannot be imported: {error}") from error
+    variant = part.split("_", 1)[1]
+    cfg = ldznet_seed_config(ctx, seed_of(part), folder)
+    run_dir = train(variant_config(cfg, variant), root=str(cfg.pipeline.runs_root))
+    return {"variant": variant, "run_dir": str(run_dir), "segmenter": str(run_dir / "segmenter.pt")}
+
+
+def run_ldznet_seed(ctx: StageContext, part: str, folder: Path) -> dict:
+    """One training seed of Chapter 3: `ldznet.pipeline` evaluating the models `ldznet_train` trained for it."""
     try:
         from ldznet.pipeline import run_pipeline
     except ImportError as error:
         raise StageNotRunnable(f"ldznet.pipeline cannot be imported: {error}") from error
-    c = ctx.config
-    world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
-    per_seed = {}
-    for seed in c["seeds"]:
-        def one_seed(out: Path, seed=seed) -> dict:
-            overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
-                f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
-            summary = run_pipeline(load_config(c["config"], overrides))
-            return {"out": str(out / "pipeline"), "results": summary["results"], "runs": summary["runs"],
-                    "tables": summary.get("tables", [])}
+    seed = seed_of(part)
+    trained = {run["variant"]: run for name, run in ctx.results["ldznet_train"]["parts"].items()
+               if seed_of(name) == seed}
+    cfg = ldznet_seed_config(ctx, seed, folder)
+    cfg.pipeline.checkpoints = {variant: run["segmenter"] for variant, run in trained.items()}
+    summary = run_pipeline(cfg)
+    runs = {variant: {"run_dir": trained[variant]["run_dir"], "segmenter": trained[variant]["segmenter"],
+                      "trained_here": True} for variant in summary["runs"]}
+    return {"out": str(folder / "pipeline"), "results": summary["results"], "runs": runs,
+            "tables": summary.get("tables", [])}
 
-        per_seed[str(seed)] = ctx.cached(f"seed{seed}", one_seed)
-    return {"seeds": per_seed}
+
+def combine_parts(ctx: StageContext) -> dict:
+    return {"parts": dict(ctx.parts)}
 
 
 def run_probe(ctx: StageContext) -> dict:
@@ -193,30 +223,45 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
         path, overrides = chapter_config(cfg, key)
         return {"config": str(path), "overrides": overrides, "seeds": seeds, "composed": composed(path, overrides)}
 
-    return [
-        Stage("world_street", run_world_street, world("street"), options={"workers": int(cfg.threads)},
-              code=("demo.worlds.street", "demo.worlds.raycast", "demo.worlds.noise", "sharingan.data"),
-              description="depth world: vKITTI (synthetic), KITTI raw (real, stereo + Velodyne), Make3D"),
-        Stage("world_faces", run_world_faces, world("faces"),
-              code=("demo.worlds.faces", "demo.worlds.noise", "sharingan.data"),
-              description="face world: SfSNet synthetic, CelebA, Photoface, Multi-PIE"),
+    per_seed = [f"seed{seed}" for seed in seeds]
+    variants = ldznet_variants(chapter("ldznet"))
+    image_only = chapter("ldznet") | {"image_only_variant": str(cfg.floors.image_only_variant)}
+
+    return [  # plan order = priority with jobs > 1: the long chain (tiny LDM -> Chapter 3) and long units first
         Stage("world_shapes", run_world_shapes, world("shapes"),
               code=("demo.worlds.shapes", "demo.worlds.noise", "ldznet.data"),
               description="segmentation world: PhraseCut, AIGI, RefCOCO / RefCOCO+ / G-Ref"),
         Stage("tiny_ldm", run_tiny_ldm, tiny, requires=("ldznet.stable_diffusion", "ldznet.tiny_configs"),
               code=("demo.tiny_ldm", "demo.worlds.shapes", "ldznet.stable_diffusion", "ldznet.tiny_configs"),
               description="tiny LDM: AutoencoderKL + contrastive CLIP text encoder + DDPM UNet (diffusers layout)"),
-        Stage("depth", run_chapter2("depth", "world_street", depth_data_overrides), chapter("depth"),
-              needs=("world_street",), requires=("sharingan.pipeline", "sharingan.tasks.depth"),
-              code=("sharingan", "common"),
-              description="Chapter 2 depth: pretrain G and T, SharinGAN and ablations, KITTI + Make3D"),
-        Stage("faces", run_chapter2("normals", "world_faces", faces_data_overrides), chapter("faces"),
-              needs=("world_faces",), requires=("sharingan.pipeline", "sharingan.tasks.normals"),
-              code=("sharingan", "common"),
+        Stage("world_faces", run_world_faces, world("faces"),
+              code=("demo.worlds.faces", "demo.worlds.noise", "sharingan.data"),
+              description="face world: SfSNet synthetic, CelebA, Photoface, Multi-PIE"),
+        Stage("world_street", run_world_street, world("street"), options={"workers": int(cfg.threads)},
+              code=("demo.worlds.street", "demo.worlds.raycast", "demo.worlds.noise", "sharingan.data"),
+              description="depth world: vKITTI (synthetic), KITTI raw (real, stereo + Velodyne), Make3D"),
+        Stage("faces", partial(combine_seeds, task="normals"), chapter("faces"), needs=("world_faces",),
+              parts=per_seed, run_part=partial(run_chapter2_seed, "normals", "world_faces", faces_data_overrides),
+              requires=("sharingan.pipeline", "sharingan.tasks.normals"), code=("sharingan", "common"),
               description="Chapter 2 faces: SfSNet and SharinGAN, Photoface normals + Multi-PIE lighting"),
-        Stage("ldznet", run_ldznet, chapter("ldznet"), needs=("world_shapes", "tiny_ldm"),
-              requires=("ldznet.pipeline",), code=("ldznet", "common"),
-              description="Chapter 3: RGBNet, ZNet, LD-ZNet, concat on PhraseCut, AIGI, RefCOCO"),
+        Stage("depth", partial(combine_seeds, task="depth"), chapter("depth"), needs=("world_street",),
+              parts=per_seed, run_part=partial(run_chapter2_seed, "depth", "world_street", depth_data_overrides),
+              requires=("sharingan.pipeline", "sharingan.tasks.depth"), code=("sharingan", "common"),
+              description="Chapter 2 depth: pretrain G and T, SharinGAN and ablations, KITTI + Make3D"),
+        Stage("ldznet_train", combine_parts, chapter("ldznet"), needs=("world_shapes", "tiny_ldm"),
+              parts=[f"seed{seed}_{variant}" for seed in seeds for variant in variants],
+              run_part=run_ldznet_training, requires=("ldznet.pipeline",), code=("ldznet", "common"),
+              description="Chapter 3 training: RGBNet, ZNet, LD-ZNet, concat, one part per (seed, model)"),
+        Stage("floor_image_only", combine_seeds, image_only, needs=("world_shapes", "tiny_ldm"),
+              parts=per_seed, run_part=floors.fit_image_only, requires=("ldznet.pipeline",),
+              code=("demo.floors", "demo.data_overrides", "ldznet", "common"),
+              description="segmentation floor: the image-only model (one fixed phrase), trained per seed"),
+        Stage("probe", run_probe, chapter("probe"), needs=("world_shapes", "tiny_ldm"),
+              requires=("ldznet.analysis.probe",), code=("ldznet", "common"),
+              description="Fig 3.4: AP of a small decoder per (spatial-attention block, timestep)"),
+        Stage("ldznet", combine_seeds, chapter("ldznet"), needs=("world_shapes", "tiny_ldm", "ldznet_train"),
+              parts=per_seed, run_part=run_ldznet_seed, requires=("ldznet.pipeline",), code=("ldznet", "common"),
+              description="Chapter 3 evaluation: the trained models on PhraseCut, AIGI, RefCOCO (ldznet.pipeline)"),
         Stage("floors_depth", floors.run_floors_depth, chapter("depth"), needs=("world_street", "depth"),
               requires=("sharingan.tasks.depth",),
               code=("demo.floors", "demo.per_image", "demo.data_overrides", "sharingan", "common"),
@@ -226,12 +271,8 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
               code=("demo.floors", "demo.per_image", "demo.data_overrides", "sharingan", "common"),
               description="face floor (frontal normal, mean training lighting) + per-image errors of every row"),
         Stage("floors_segmentation", floors.run_floors_segmentation,
-              chapter("ldznet") | {"image_only_variant": str(cfg.floors.image_only_variant)},
-              needs=("world_shapes", "tiny_ldm", "ldznet"), requires=("ldznet.pipeline",),
+              image_only, needs=("world_shapes", "tiny_ldm", "ldznet", "floor_image_only"),
+              requires=("ldznet.pipeline",),
               code=("demo.floors", "demo.per_image", "demo.data_overrides", "ldznet", "common"),
-              description="segmentation floors (all foreground; image-only model trained per seed) + per-sample "
-                          "IoU of every row"),
-        Stage("probe", run_probe, chapter("probe"), needs=("world_shapes", "tiny_ldm"),
-              requires=("ldznet.analysis.probe",), code=("ldznet", "common"),
-              description="Fig 3.4: AP of a small decoder per (spatial-attention block, timestep)"),
+              description="segmentation floors (all foreground, image-only model) + per-sample IoU of every row"),
     ]

@@ -534,7 +534,8 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     study = None if study_mode else study_verdicts()
     lines = ["# The dissertation in miniature", "",
              f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `{command}` "
-             f"(config: seeds = {seeds}, threads = {int(cfg.threads)}; code version {_code_version()}); this run "
+             f"(config: seeds = {seeds}, jobs = {int(cfg.jobs)}, threads = {int(cfg.threads)}; "
+             f"code version {_code_version()}); this run "
              f"took {seconds:.0f} s (cached stages reused). Procedural worlds, tiny networks, minutes of CPU: these "
              "numbers test the code path and the *direction* of the dissertation's claims, not its values; the "
              "paper's numbers need the real datasets and weights (docs/demo.md).", ""]

@@ -192,3 +192,73 @@ def test_an_interrupted_stage_resumes_at_its_first_unfinished_seed(tmp_path):
     changed = [Stage("chapter", per_seed, {"x": 2})]  # another key: no part is reused
     StageRunner(tmp_path, progress=False).run(changed)
     assert calls == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------- parts and worker processes
+
+def square_stage(parts=("p1", "p2", "p3"), config=None):
+    from tests.helpers.demo_units import combine_squares, part_square
+
+    return Stage("squares", combine_squares, config or {"x": 1}, parts=parts, run_part=part_square)
+
+
+def calls_of(root):
+    path = root / "calls.txt"
+    return sorted(path.read_text().split()) if path.exists() else []
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_parts_run_combine_and_resume_after_a_failed_part(tmp_path, jobs):
+    (tmp_path / "fail_p2").write_text("")
+    first = StageRunner(tmp_path, progress=False, jobs=jobs).run([square_stage()])["squares"]
+    assert first["status"] == FAILED and "part p2 broke" in first["reason"] and "(part p2)" in first["reason"]
+    assert "RuntimeError" in json.loads((tmp_path / "squares" / "FAILED.json").read_text())["traceback"]
+    ran_first = calls_of(tmp_path)
+    assert "p1" in ran_first and "p2" in ran_first  # with jobs 1 p3 never starts after p2 failed
+    (tmp_path / "fail_p2").unlink()
+    second = StageRunner(tmp_path, progress=False, jobs=jobs).run([square_stage()])["squares"]
+    assert second["status"] == DONE
+    assert second["result"]["squares"] == {"p1": 1, "p2": 4, "p3": 9}  # combined in the parts' order
+    finished_first = [p for p in ("p1", "p3") if p in ran_first and p != "p2"]
+    # every part that finished in the first attempt is reused, the failed one and the unstarted ones run
+    assert calls_of(tmp_path) == sorted(ran_first + [p for p in ("p1", "p2", "p3") if p not in finished_first])
+    third = StageRunner(tmp_path, progress=False, jobs=jobs).run([square_stage()])["squares"]
+    assert third["status"] == CACHED and third["result"] == second["result"]
+    for part in ("p1", "p2", "p3"):
+        assert (tmp_path / "squares" / part / "artifact.txt").read_text() == part
+
+
+def test_jobs_run_parts_in_worker_processes_with_logs(tmp_path):
+    import os
+
+    status = StageRunner(tmp_path, progress=False, jobs=2, threads=1).run([square_stage(("p1", "p2"))])
+    result = status["squares"]["result"]
+    assert status["squares"]["status"] == DONE and result["squares"] == {"p1": 1, "p2": 4}
+    assert os.getpid() not in result["pids"] and len(result["pids"]) == 2  # one fresh process per unit
+    for part in ("p1", "p2"):
+        assert f"part {part} in process" in (tmp_path / "squares" / f"{part}.log").read_text()
+
+
+def test_jobs_run_independent_stages_at_the_same_time(tmp_path):
+    from tests.helpers.demo_units import wait_for_each_other
+
+    stages = [Stage("a", wait_for_each_other, {"other": "b"}), Stage("b", wait_for_each_other, {"other": "a"}),
+              counting_stage_module("c", needs=("a", "b"))]
+    status = StageRunner(tmp_path, progress=False, jobs=2).run(stages)
+    assert [status[n]["status"] for n in "abc"] == [DONE, DONE, DONE]
+    assert status["a"]["result"]["pid"] != status["b"]["result"]["pid"]
+
+
+def counting_stage_module(name, needs=()):
+    from tests.helpers.demo_units import combine_squares, part_square
+
+    return Stage(name, combine_squares, {"n": name}, needs=needs, parts=("p5",), run_part=part_square)
+
+
+def test_a_stage_listed_before_its_need_is_refused(tmp_path):
+    calls = []
+    with pytest.raises(ValueError, match="listed after it"):
+        StageRunner(tmp_path, progress=False).run([counting_stage("b", calls, needs=("a",)),
+                                                   counting_stage("a", calls)])
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        StageRunner(tmp_path, jobs=0)
