@@ -444,10 +444,9 @@ class SegmenterLitModule(ResilientModule, pl.LightningModule):
             loss_sum = trainer.strategy.reduce(torch.as_tensor(loss_sum, dtype=torch.float32, device=self.device),
                                                reduce_op="mean")
         plan = self.training_plan
-        return {"seed": self.seed, "next_sample_number": int(self.next_sample_number),
+        return {**super().train_state(), "next_sample_number": int(self.next_sample_number),  # + seed, skipped
                 "epoch_loss_sum": float(loss_sum), "epoch_loss_count": int(self._epoch_loss_count),
-                "epoch_loss_epoch": int(self._epoch_loss_epoch),
-                "skipped_batches": int(self.guard.skipped_steps), "world_size": world,
+                "epoch_loss_epoch": int(self._epoch_loss_epoch), "world_size": world,
                 "global_batch": None if plan is None else int(plan.global_batch),
                 "accumulation": int(trainer.accumulate_grad_batches) if trainer is not None else 1}
 
