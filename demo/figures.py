@@ -46,10 +46,11 @@ def _first_seed(result: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ chapter 2
 
 def depth_figures(result: dict, world: Path, out: Path, samples: int = 3) -> list[tuple[str, Path]]:
-    from sharingan.data.images import read_rgb, resize, to_network
+    from common.images import read_rgb
+    from sharingan.checkpoints import load_networks
+    from sharingan.data.images import resize, to_network
     from sharingan.data.kitti import generate_depth_map, read_kitti_list
     from sharingan.data.vkitti import read_vkitti_list
-    from sharingan.lit_module import load_networks
     from sharingan.tasks.depth import predict_depth
 
     seed = _first_seed(result)
@@ -103,8 +104,8 @@ def _image01(tensor: torch.Tensor) -> np.ndarray:
 
 
 def face_figures(result: dict, world: Path, out: Path, samples: int = 4) -> list[tuple[str, Path]]:
+    from sharingan.checkpoints import load_networks
     from sharingan.data.photoface import PhotofaceDataset
-    from sharingan.lit_module import load_networks
     from sharingan.tasks.normals import shared_and_predict
 
     seed = _first_seed(result)
@@ -193,7 +194,7 @@ def coarse_mask_figure(ldm_folder: Path, world: Path, out: Path, samples: int = 
 
 def world_figures(root: Path, out: Path) -> list[tuple[str, Path]]:
     """Samples of each world as written on disk (read back through the chapter loaders' readers)."""
-    from sharingan.data.images import read_rgb
+    from common.images import read_rgb
     from sharingan.data.vkitti import depth_path_for, read_depth_png_cm, read_vkitti_list
 
     paths = []

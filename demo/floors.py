@@ -148,7 +148,7 @@ def _agreement(table: dict, values: dict[str, np.ndarray], benchmark: str) -> di
 def _chapter2_floor(ctx: StageContext, task_name: str, world_stage: str, stage: str, data_overrides, row: str,
                     floor_networks, per_image) -> dict:
     from common.config import load_config
-    from sharingan.lit_module import load_networks
+    from sharingan.checkpoints import load_networks
     from sharingan.tasks import load_task
 
     c = ctx.config

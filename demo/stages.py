@@ -351,8 +351,8 @@ class StageRunner:
                 job.done[part] = dict(previous_part.get("result", {}))
             else:
                 job.todo.append(part)
-        tqdm.write(f"[demo] {stage.name}: started" + (f" ({len(job.todo)} of {len(stage.parts)} parts to run)"
-                                                        if stage.parts else ""))
+        if stage.parts:
+            tqdm.write(f"[demo] {stage.name}: ready, {len(job.todo)} of {len(stage.parts)} parts to run")
         return job
 
     def _settle(self, job: _Pending, part: str | None, outcome: Mapping[str, Any],

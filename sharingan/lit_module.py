@@ -53,7 +53,6 @@ from common.performance import fused_kwargs
 from common.resilience import IterationResume
 from common.trainer import count_optimizer_steps_as_done
 from sharingan.checkpoints import TRAIN_STATE_KEY
-from sharingan.checkpoints import load_networks as load_networks  # re-export: demo/ imports it from here (for now)
 from sharingan.losses import SharinGANWeights, critic_loss, generator_adversarial_loss, reconstruction_loss
 from sharingan.schedule import adam_settings, batch_chunks, optimizer_steps_per_iteration, split_batch, step_counts
 from sharingan.tasks import load_task

@@ -1,7 +1,7 @@
 """Image reading, resizing and the shared augmentations of the depth datasets (docs/ref-sharingan.md §2.6).
 
 Images are read as RGB uint8 by `common.images.read_rgb` (a missing or unreadable file raises an error naming
-it; `read_rgb` is re-exported here for demo/figures.py), resized with Pillow
+it), resized with Pillow
 exactly as the official pipeline (torchvision `Resize` on PIL images: anti-aliased, i.e. the filter is widened
 by the shrink factor when downscaling), and handed to the networks in [-1, 1] (Normalize(0.5, 0.5)).
 Filters per dataset (docs/ref-sharingan.md §2.6, §3.3): KITTI and vKITTI images and vKITTI depth labels
@@ -16,8 +16,6 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-
-from common.images import read_rgb  # noqa: F401  (re-exported: demo/figures.py imports it from here)
 
 
 def write_rgb(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> Path:
