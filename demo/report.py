@@ -638,7 +638,9 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
 
 def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs") -> list[Path]:
     """Copy a study's REPORT.md, verdicts.json and figures to docs/demo-study.md, docs/demo-study.json and
-    docs/demo-study/ (figure links rewritten), for committing."""
+    docs/demo-study/ (figure links rewritten), for committing. The hand-written diagnosis of the claims the
+    study does not reproduce (issue: every such claim explained with evidence), docs/demo-study-notes.md, is
+    appended, so that re-publishing never loses it; its absence is said in the page."""
     out, docs = Path(out), Path(docs)
     figures = docs / "demo-study"
     if figures.exists():
@@ -647,6 +649,10 @@ def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs") -> lis
     for png in sorted((out / "figures").glob("*.png")):
         shutil.copy2(png, figures / png.name)
     text = (out / "REPORT.md").read_text().replace("](figures/", "](demo-study/")
+    notes = docs / "demo-study-notes.md"
+    text += "\n\n" + (notes.read_text() if notes.is_file() else
+                        "## Why the claims not reproduced are not\n\nNo diagnosis written yet "
+                        "(docs/demo-study-notes.md is missing).\n")
     write_text(docs / "demo-study.md", text)
     write_json(docs / "demo-study.json", json.loads((out / "verdicts.json").read_text()))
     return [docs / "demo-study.md", docs / "demo-study.json", *sorted(figures.glob("*.png"))]

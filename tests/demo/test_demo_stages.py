@@ -262,3 +262,23 @@ def test_a_stage_listed_before_its_need_is_refused(tmp_path):
                                                    counting_stage("a", calls)])
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         StageRunner(tmp_path, jobs=0)
+
+
+def test_publish_study_appends_the_hand_written_notes_and_keeps_them(tmp_path):
+    from demo.report import publish_study
+
+    out, docs = tmp_path / "study", tmp_path / "docs"
+    (out / "figures").mkdir(parents=True)
+    docs.mkdir()
+    (out / "figures" / "curve.png").write_bytes(b"png")
+    (out / "REPORT.md").write_text("# Report\n\n![c](figures/curve.png)\n")
+    (out / "verdicts.json").write_text(json.dumps({"claims": {"A beats B": "inconclusive"}}))
+    publish_study(out, docs)
+    page = (docs / "demo-study.md").read_text()
+    assert "](demo-study/curve.png)" in page and "docs/demo-study-notes.md is missing" in page
+    assert (docs / "demo-study" / "curve.png").read_bytes() == b"png"
+    assert json.loads((docs / "demo-study.json").read_text())["claims"] == {"A beats B": "inconclusive"}
+    (docs / "demo-study-notes.md").write_text("## Why\n\nthe world has no domain gap\n")
+    publish_study(out, docs)  # re-publishing keeps the diagnosis
+    page = (docs / "demo-study.md").read_text()
+    assert page.startswith("# Report") and page.rstrip().endswith("the world has no domain gap")
