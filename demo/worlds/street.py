@@ -20,6 +20,7 @@ Coordinates: rectified camera 0 of KITTI (x right, y down, z forward), ground pl
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,11 +419,14 @@ def write_vkitti(root: str | Path, worlds: int, frames: int, size, variations=("
 
 
 def write_kitti(root: str | Path, drives: dict, size, seed: int = 0, date: str = "2011_09_26",
-                missing_velodyne: bool = True, workers: int = 1) -> dict:
+                missing_velodyne: bool = True, workers: int = 1, style: str = "real",
+                splits: Sequence[str] | None = None) -> dict:
     """KITTI raw layout via ``sharingan.data.kitti``: one date with its calibration files, drives with stereo
     PNGs (image_02/03) and Velodyne scans; `drives` = {split: (n_drives, frames_per_drive)}. Writes the
     SharinGAN 4-field lists ``<split>.txt`` in root. The first frame of the first training drive has no scan
-    (as some real frames); only the training list may contain it."""
+    (as some real frames); only the training list may contain it. `style` "synthetic" re-renders the same
+    drives (same seeds: identical geometry and scans) in vKITTI's appearance (demo/domain_gap.py); `splits`
+    limits the writing to some splits without changing any drive's seed."""
     from sharingan.data.images import write_rgb
     from sharingan.data.kitti import KittiEntry, write_calib_files, write_kitti_list, write_velodyne_bin
 
@@ -433,11 +437,15 @@ def write_kitti(root: str | Path, drives: dict, size, seed: int = 0, date: str =
                       image_size=(camera.height, camera.width), velo_rotation=VELO_R, velo_translation=VELO_T,
                       left_offset=-CAM2_X)
     plan = [(split, d, int(frames)) for split, (n_drives, frames) in drives.items() for d in range(int(n_drives))]
-    jobs = [((seed * 1000 + 500 + number, frames, camera, "real"), {"stereo": True, "lidar": True})
-            for number, (_, _, frames) in enumerate(plan, start=1)]
+    wanted = set(drives) if splits is None else set(splits)
+    jobs = [((seed * 1000 + 500 + number, frames, camera, style), {"stereo": True, "lidar": True})
+            for number, (split, _, frames) in enumerate(plan, start=1) if split in wanted]
     sequences = iter(render_sequences(jobs, workers, "KITTI drives"))
     lists, drive_number = {}, 1
     for split, (n_drives, _) in drives.items():
+        if split not in wanted:
+            drive_number += int(n_drives)
+            continue
         entries = []
         for d in range(int(n_drives)):
             folder = f"{date}/{date}_drive_{drive_number:04d}_sync"

@@ -35,6 +35,14 @@ def test_demo_quick_end_to_end_then_cached(tmp_path):
     assert main(["--quick", "--out", str(out)]) == 0
     again = json.loads((out / "stages.json").read_text())
     assert {entry["status"] for entry in again.values()} == {"cached"}
+    # the domain-gap evidence: the floor ignores its input, so its gap on the re-rendered test is exactly 0
+    from demo.domain_gap import measure
+
+    gap = measure(out)
+    floor = gap["summary"]["Floor: per-pixel mean training depth"]
+    assert all(floor[key]["gap"] == 0.0 for key in ("abs_rel", "rmse", "a1")), floor
+    assert set(gap["summary"]) >= {"SharinGAN (proposed)", "No SharinGAN, no reconstruction"}
+    assert (out / "domain_gap" / "domain_gap.md").read_text().count("|") > 20
 
 
 @pytest.mark.slow

@@ -238,3 +238,22 @@ def test_shapes_painted_pixels_are_the_ground_truth_masks(tmp_path):
     # area coordinates: written without the half-pixel shift they met the painted objects at IoU 0.84 on average)
     best = [max((mask & o).sum() / (mask | o).sum() for o in objects) for mask in masks]
     assert len(best) > 0 and min(best) > 0.9 and np.mean(best) > 0.95
+
+
+def test_kitti_synthetic_style_rerender_keeps_geometry_and_scans(tmp_path):
+    """demo/domain_gap.py: the test drives re-rendered in the synthetic style have the same Velodyne scans
+    (same geometry) and list, and other pixels; the other splits are skipped without shifting any seed."""
+    from demo.worlds.street import write_kitti
+
+    drives = {"train": (1, 2), "test": (1, 2)}
+    real = write_kitti(tmp_path / "real", drives, (24, 80), seed=3)
+    synthetic = write_kitti(tmp_path / "syn", drives, (24, 80), seed=3, style="synthetic", splits=["test"])
+    assert synthetic == {"test": real["test"]} and not (tmp_path / "syn" / "train.txt").exists()
+    assert (tmp_path / "real" / "test.txt").read_text() == (tmp_path / "syn" / "test.txt").read_text()
+    scans = sorted((tmp_path / "real").rglob("*.bin"))
+    test_scans = [p for p in scans if "drive_0002" in str(p)]
+    assert test_scans
+    for scan in test_scans:
+        assert scan.read_bytes() == (tmp_path / "syn" / scan.relative_to(tmp_path / "real")).read_bytes()
+    image = next(iter(sorted((tmp_path / "real").rglob("*drive_0002_sync/image_02/data/*.png"))))
+    assert image.read_bytes() != (tmp_path / "syn" / image.relative_to(tmp_path / "real")).read_bytes()
