@@ -1,19 +1,22 @@
-"""Does the street world have a domain gap, and does SharinGAN close it? Evidence for the study's depth claims.
+"""Do the Chapter-2 worlds have a domain gap, and does SharinGAN close it? Evidence for the study's claims.
 
-SharinGAN's claims (Tables 2.1, 2.5) are about a *domain gap*: a network trained on synthetic images loses
-accuracy on real ones, and mapping both into a shared domain wins part of it back. In the miniature that gap
-can be measured directly: the KITTI-layout test drives are re-rendered by the *synthetic* (vKITTI-style)
-renderer from the same seeds (`demo.worlds.street.write_kitti(style="synthetic")`): identical geometry and
-identical Velodyne ground truth, only the appearance differs. Every depth row of a finished run (each training
-seed) and the per-pixel-mean floor are scored by the chapter's own `evaluate` on both versions.
+SharinGAN's claims (Tables 2.1, 2.3, 2.5) are about a *domain gap*: a network trained on synthetic images loses
+accuracy on real ones, and mapping both into a shared domain wins part of it back. In the miniature the gap
+can be measured directly: the real-layout test set is re-rendered by the *synthetic* renderer from the same
+random streams, so the scenes and the ground truth are identical and only the appearance differs:
 
-    gap = error(real-style test) - error(synthetic-style test)     (same scenes, same ground truth)
+- depth: the KITTI-layout test drives in the vKITTI style (`demo.worlds.street.write_kitti(style=...)`;
+  identical geometry and Velodyne scans), scored on the Eigen protocol (cap 80 m);
+- faces: the Photoface-layout test faces under the same four lights in the SfSNet style
+  (`demo.worlds.faces.write_photoface(style=...)`; the real style's normals and skin masks), scored by MAE.
 
-A row that suffers from the gap has gap > 0 (AbsRel, RMSE) or < 0 (delta < 1.25); the floor ignores its input,
-so its gap is 0 by construction (a check of the set-up). If "no SharinGAN" shows no gap, the world cannot
-show SharinGAN's benefit, whatever the training length.
+Every row of a finished run (each training seed) and the floor are scored by the chapter's own `evaluate` on
+both versions: gap = error(real style) - error(synthetic style). A row that suffers from the gap has a
+positive gap (AbsRel, RMSE, MAE) or a negative one (delta < 1.25); the floor ignores its input, so its gap is
+0 by construction (a check of the set-up). If the rows show no gap, the world cannot show SharinGAN's benefit,
+whatever the training length.
 
-    python -m demo.domain_gap runs/demo-study            # -> runs/demo-study/domain_gap/domain_gap.{md,json}
+    python -m demo.domain_gap runs/demo-study            # -> runs/demo-study/domain_gap/{depth,faces}.{md,json}
 """
 
 from __future__ import annotations
@@ -29,76 +32,110 @@ from omegaconf import OmegaConf
 
 from common.checkpoints import write_json, write_text
 from common.config import load_config
-from demo.data_overrides import depth_data_overrides
-from demo.floors import DEPTH_FLOOR, ConstantDepthNetwork, mean_training_depth
+from demo.data_overrides import depth_data_overrides, faces_data_overrides
+from demo.floors import (
+    DEPTH_FLOOR,
+    FACES_FLOOR,
+    ConstantDepthNetwork,
+    ConstantFaceNetwork,
+    mean_training_depth,
+    mean_training_lighting,
+)
+from demo.worlds.faces import write_photoface
 from demo.worlds.street import write_kitti
 from sharingan.checkpoints import load_networks
 from sharingan.tasks import load_task
 
-METRICS = (("abs_rel", "AbsRel", 1), ("rmse", "RMSE (m)", 1), ("a1", "δ<1.25", -1))  # (key, label, worse when up)
+# per chapter stage: (metric key, label) pairs; a positive gap = worse on the real style, except delta < 1.25
+METRICS = {"depth": (("abs_rel", "AbsRel"), ("rmse", "RMSE (m)"), ("a1", "δ<1.25")),
+           "faces": (("mae_deg", "MAE (deg)"), ("lt30", "% < 30 deg"))}
 
 
-def write_synthetic_style_test(run_root: Path, out: Path) -> Path:
-    """The run's KITTI-layout test drives, re-rendered in the synthetic style (same seeds) under ``out``."""
-    world = OmegaConf.create(json.loads((run_root / "world_street" / "DONE.json").read_text())["config"])
-    target = out / "kitti_synthetic_style"
+def _world(run_root: Path, stage: str):
+    return OmegaConf.create(json.loads((run_root / stage / "DONE.json").read_text())["config"])
+
+
+def synthetic_style_depth(run_root: Path, out: Path) -> list[str]:
+    """The run's KITTI-layout test drives re-rendered in the synthetic style; the config overrides to use them."""
+    world, target = _world(run_root, "world_street"), out / "kitti_synthetic_style"
     if not (target / "test.txt").is_file():
         write_kitti(target, {k: tuple(v) for k, v in world.kitti.items()}, tuple(world.size), seed=int(world.seed),
                     style="synthetic", splits=["test"])
-    return target
+    return [f"data.kitti.root={target}", f"data.kitti.test_list={target / 'test.txt'}"]
 
 
-def scores(cfg, networks, out: Path, cap: int) -> dict[str, float]:
-    table = load_task("depth").evaluate(cfg, networks, out)[f"kitti_eigen_cap{cap}"]["metrics"]
-    return {key: float(table[key]) for key, _, _ in METRICS}
+def synthetic_style_faces(run_root: Path, out: Path) -> list[str]:
+    """The run's Photoface-layout faces re-rendered in the SfSNet style; the config overrides to use them."""
+    world, target = _world(run_root, "world_faces"), out / "photoface_synthetic_style"
+    p = world.photoface
+    if not (target / "DONE").is_file():
+        write_photoface(target, int(p.train_subjects), int(p.test_subjects), int(p.sessions), int(world.size),
+                        int(world.seed), style="synthetic")
+        (target / "DONE").write_text("")
+    return [f"data.photoface_root={target}"]
 
 
-def measure(run_root: str | Path, out: str | Path | None = None, cap: int = 80) -> dict:
-    """Score every depth row (every seed) and the floor on the real-style and the synthetic-style test."""
-    run_root = Path(run_root)
+TASKS = {  # chapter stage -> (task, world stage, data overrides, benchmark, evaluation-only overrides, floor, ...)
+    "depth": {"task": "depth", "world": "world_street", "data": depth_data_overrides, "benchmark": "kitti_eigen_cap80",
+              "only": ["eval.benchmarks=[kitti_eigen]"], "floor": DEPTH_FLOOR,
+              "floor_networks": lambda cfg: {"generator": None,
+                                             "task_network": ConstantDepthNetwork(mean_training_depth(cfg))},
+              "synthetic_style": synthetic_style_depth},
+    "faces": {"task": "normals", "world": "world_faces", "data": faces_data_overrides, "benchmark": "photoface",
+              "only": ["data.multipie_root=null"], "floor": FACES_FLOOR,
+              "floor_networks": lambda cfg: {"generator": None,
+                                             "task_network": ConstantFaceNetwork(mean_training_lighting(cfg))},
+              "synthetic_style": synthetic_style_faces},
+}
+
+
+def measure(run_root: str | Path, stage: str = "depth", out: str | Path | None = None) -> dict:
+    """Score every row of `stage` (every seed) and its floor on the real-style and the synthetic-style test."""
+    spec, run_root = TASKS[stage], Path(run_root)
     out = Path(out) if out else run_root / "domain_gap"
     out.mkdir(parents=True, exist_ok=True)
     status = json.loads((run_root / "stages.json").read_text())
-    depth = status.get("depth", {})
-    if depth.get("status") not in ("done", "cached"):
-        raise SystemExit(f"{run_root}/stages.json: the depth stage did not finish ({depth.get('status')})")
-    config = json.loads((run_root / "depth" / "DONE.json").read_text())["config"]
-    synthetic_style = write_synthetic_style_test(run_root, out)
-    world = run_root / "world_street"
-    seeds = sorted(depth["result"]["seeds"], key=int)
+    entry = status.get(stage, {})
+    if entry.get("status") not in ("done", "cached"):
+        raise SystemExit(f"{run_root}/stages.json: the {stage} stage did not finish ({entry.get('status')})")
+    config = json.loads((run_root / stage / "DONE.json").read_text())["config"]
+    synthetic_style = spec["synthetic_style"](run_root, out)
+    task = load_task(spec["task"])
+    seeds = sorted(entry["result"]["seeds"], key=int)
 
-    def config_for(seed: str, kitti: Path):
-        overrides = list(config["overrides"]) + depth_data_overrides(world) + [
-            f"seed={seed}", f"data.kitti.root={kitti}", f"data.kitti.test_list={kitti / 'test.txt'}",
-            "eval.benchmarks=[kitti_eigen]"]
-        return load_config(config["config"], overrides)
+    def configs(seed: str):
+        base = list(config["overrides"]) + spec["data"](run_root / spec["world"]) + [f"seed={seed}"] + spec["only"]
+        return {"real": load_config(config["config"], base),
+                "synthetic_style": load_config(config["config"], base + synthetic_style)}
 
-    rows: dict[str, dict[str, dict]] = {}
-    real_cfg, synthetic_cfg = config_for(seeds[0], world / "kitti"), config_for(seeds[0], synthetic_style)
-    floor = {"generator": None, "task_network": ConstantDepthNetwork(mean_training_depth(real_cfg))}
-    rows[DEPTH_FLOOR] = {"-": {"real": scores(real_cfg, floor, out / "eval", cap),
-                               "synthetic_style": scores(synthetic_cfg, floor, out / "eval", cap)}}
+    def scores(cfgs, networks) -> dict[str, dict[str, float]]:
+        scored = {}
+        for style, cfg in cfgs.items():
+            table = task.evaluate(cfg, networks, out / "eval")[spec["benchmark"]]["metrics"]
+            scored[style] = {key: float(table[key]) for key, _ in METRICS[stage]}
+        return scored
+
+    first = configs(seeds[0])
+    rows = {spec["floor"]: {"-": scores(first, spec["floor_networks"](first["real"]))}}
     for seed in seeds:
-        real_cfg, synthetic_cfg = config_for(seed, world / "kitti"), config_for(seed, synthetic_style)
-        for name, checkpoint in depth["result"]["seeds"][seed]["checkpoints"].items():
-            if not checkpoint:
-                continue
-            networks, _, _ = load_networks(checkpoint, "depth")
-            rows.setdefault(name, {})[seed] = {"real": scores(real_cfg, networks, out / "eval", cap),
-                                               "synthetic_style": scores(synthetic_cfg, networks, out / "eval", cap)}
-    result = {"run": str(run_root), "cap_m": cap, "synthetic_style_test": str(synthetic_style), "rows": rows,
-              "summary": summarise(rows)}
-    write_json(out / "domain_gap.json", result)
-    write_text(out / "domain_gap.md", markdown(result))
+        cfgs = configs(seed)
+        for name, checkpoint in entry["result"]["seeds"][seed]["checkpoints"].items():
+            if checkpoint:
+                networks, _, _ = load_networks(checkpoint, spec["task"])
+                rows.setdefault(name, {})[seed] = scores(cfgs, networks)
+    result = {"run": str(run_root), "stage": stage, "benchmark": spec["benchmark"], "rows": rows,
+              "summary": summarise(rows, stage)}
+    write_json(out / f"{stage}.json", result)
+    write_text(out / f"{stage}.md", markdown(result))
     return result
 
 
-def summarise(rows: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
+def summarise(rows: dict[str, dict[str, dict]], stage: str) -> dict[str, dict[str, dict]]:
     """Per row and metric: mean over seeds of real, synthetic-style and the paired gap, with the gap's SE."""
     summary = {}
     for name, per_seed in rows.items():
         summary[name] = {}
-        for key, _, _ in METRICS:
+        for key, _ in METRICS[stage]:
             real = np.array([entry["real"][key] for entry in per_seed.values()])
             synthetic = np.array([entry["synthetic_style"][key] for entry in per_seed.values()])
             gap = real - synthetic
@@ -109,18 +146,19 @@ def summarise(rows: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Domain gap on the KITTI-layout test (cap {result['cap_m']} m): the same drives and Velodyne ground "
-             "truth rendered in the real style (the test set) and in the synthetic style; mean over training "
-             "seeds, gap = real - synthetic style (± standard error over seeds).", "",
-             "| row | seeds | " + " | ".join(f"{label} real / synthetic style / gap" for _, label, _ in METRICS) + " |",
-             "|---|---|" + "---|" * len(METRICS)]
-    for name, metrics in result["summary"].items():
+    metrics = METRICS[result["stage"]]
+    lines = [f"Domain gap on `{result['benchmark']}`: the same test scenes and ground truth rendered in the real "
+             "style (the test set) and in the synthetic style; mean over training seeds, gap = real - synthetic "
+             "style (± standard error over seeds).", "",
+             "| row | seeds | " + " | ".join(f"{label}: real / synthetic style / gap" for _, label in metrics) + " |",
+             "|---|---|" + "---|" * len(metrics)]
+    for name, row in result["summary"].items():
         cells = []
-        for key, _, _ in METRICS:
-            m = metrics[key]
+        for key, _ in metrics:
+            m = row[key]
             se = f" ± {m['gap_se']:.3f}" if m["gap_se"] is not None else ""
             cells.append(f"{m['real']:.3f} / {m['synthetic_style']:.3f} / {m['gap']:+.3f}{se}")
-        lines.append(f"| {name} | {next(iter(metrics.values()))['seeds']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {next(iter(row.values()))['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,10 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.domain_gap", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished demo or study folder (runs/demo, runs/demo-study)")
     parser.add_argument("--out", default=None, help="output folder (default <run>/domain_gap)")
-    parser.add_argument("--cap", type=int, default=80, choices=(50, 80), help="KITTI depth cap in metres")
+    parser.add_argument("--stage", nargs="+", default=list(TASKS), choices=list(TASKS), help="chapter stages")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    result = measure(args.run, args.out, args.cap)
-    print(markdown(result))
+    for stage in args.stage:
+        print(markdown(measure(args.run, stage, args.out)))
     return 0
 
 

@@ -294,9 +294,14 @@ def write_celeba(root: str | Path, counts, size: int, seed: int = 0) -> int:
 
 
 def write_photoface(root: str | Path, train_subjects: int, test_subjects: int, sessions: int, size: int,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, style: str = "real") -> dict:
     """Photoface in SharinGAN's aligned form (``sharingan.data.photoface`` layout and list files): per session
-    four images under the device's four lights, each with its ground-truth normal and mask PNG."""
+    four images under the device's four lights, each with its ground-truth normal and mask PNG. `style`
+    "synthetic" writes the same faces under the same lights rendered by the SfSNet-style renderer (exact
+    Lambertian, no background, hair, shadows or camera), with the real style's normals and skin masks: the
+    same test, only the appearance differs (demo/domain_gap.py)."""
+    if style not in ("real", "synthetic"):
+        raise ValueError(f"write_photoface: style must be 'real' or 'synthetic', got {style!r}")
     from common.checkpoints import write_text
     from sharingan.data.photoface import LIST_FILES, RESULTS_FOLDER
     from sharingan.data.sfsnet_synthetic import write_png
@@ -312,8 +317,9 @@ def write_photoface(root: str | Path, train_subjects: int, test_subjects: int, s
             folder = root / RESULTS_FOLDER / subject / f"2008-{session % 12 + 1:02d}-{number % 28 + 1:02d}_12-00-00"
             for k, direction in enumerate(PHOTOFACE_LIGHTS):
                 light = directional_sh(direction, rng.uniform(0.6, 0.8), rng.uniform(0.3, 0.45))
-                sample = render_real(params, light, size, rng)
-                write_png(folder / f"im{k}_align.png", sample["image"])
+                sample = render_real(params, light, size, rng)  # always drawn: the random stream stays the same
+                image = sample["image"] if style == "real" else render_synthetic(params, light, size)["image"]
+                write_png(folder / f"im{k}_align.png", image)
                 write_png(folder / f"im{k}_normal.png", encode_normals(sample["normal"], sample["mask"]))
                 write_png(folder / f"im{k}_mask.png", sample["mask"].astype(np.float32))
                 split = "test" if number >= train_subjects else "train"

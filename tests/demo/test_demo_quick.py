@@ -38,11 +38,15 @@ def test_demo_quick_end_to_end_then_cached(tmp_path):
     # the domain-gap evidence: the floor ignores its input, so its gap on the re-rendered test is exactly 0
     from demo.domain_gap import measure
 
-    gap = measure(out)
+    gap = measure(out, "depth")
     floor = gap["summary"]["Floor: per-pixel mean training depth"]
     assert all(floor[key]["gap"] == 0.0 for key in ("abs_rel", "rmse", "a1")), floor
     assert set(gap["summary"]) >= {"SharinGAN (proposed)", "No SharinGAN, no reconstruction"}
-    assert (out / "domain_gap" / "domain_gap.md").read_text().count("|") > 20
+    assert (out / "domain_gap" / "depth.md").read_text().count("|") > 20
+    gap = measure(out, "faces")
+    floor = gap["summary"]["Floor: frontal normal, mean training lighting"]
+    assert all(floor[key]["gap"] == 0.0 for key in ("mae_deg", "lt30")), floor
+    assert set(gap["summary"]) >= {"SharinGAN (proposed)", "SfSNet (no SharinGAN)"}
 
 
 @pytest.mark.slow

@@ -257,3 +257,21 @@ def test_kitti_synthetic_style_rerender_keeps_geometry_and_scans(tmp_path):
         assert scan.read_bytes() == (tmp_path / "syn" / scan.relative_to(tmp_path / "real")).read_bytes()
     image = next(iter(sorted((tmp_path / "real").rglob("*drive_0002_sync/image_02/data/*.png"))))
     assert image.read_bytes() != (tmp_path / "syn" / image.relative_to(tmp_path / "real")).read_bytes()
+
+
+def test_photoface_synthetic_style_rerender_keeps_labels(tmp_path):
+    """demo/domain_gap.py: the synthetic-style Photoface has the same lists, normals and masks, other images."""
+    from demo.worlds.faces import write_photoface
+
+    real = write_photoface(tmp_path / "real", 1, 1, 1, 24, seed=5)
+    synthetic = write_photoface(tmp_path / "syn", 1, 1, 1, 24, seed=5, style="synthetic")
+    assert real == synthetic
+    files = sorted(p.relative_to(tmp_path / "real") for p in (tmp_path / "real").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "syn") for p in (tmp_path / "syn").rglob("*") if p.is_file())
+    labels = [f for f in files if f.name.endswith(("_normal.png", "_mask.png")) or f.suffix == ".txt"]
+    images = [f for f in files if f.name.endswith("_align.png")]
+    assert labels and images
+    assert all((tmp_path / "real" / f).read_bytes() == (tmp_path / "syn" / f).read_bytes() for f in labels)
+    assert all((tmp_path / "real" / f).read_bytes() != (tmp_path / "syn" / f).read_bytes() for f in images)
+    with pytest.raises(ValueError, match="style"):
+        write_photoface(tmp_path / "bad", 1, 1, 1, 24, style="cartoon")
