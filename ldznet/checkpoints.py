@@ -103,6 +103,7 @@ def load_segmenter(checkpoint_path: str | Path, device: str | torch.device = "cp
     if tokenizer_path is not None:
         stable_diffusion["tokenizer_path"] = str(tokenizer_path)
     options["stable_diffusion"] = stable_diffusion
+    options = model_options(options, source=f"the model options stored in {path}")
     if components is None:
         components = components_from_config(stable_diffusion)
         _check_same_weights(path, payload.get("stable_diffusion_record") or {}, components.record)

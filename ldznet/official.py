@@ -67,6 +67,7 @@ from torch import nn
 
 from common.checkpoints import load_torch_mapped
 from common.safe_pickle import UnsafePickleError
+from ldznet.config import model_defaults
 from ldznet.models import build_segmenter, model_options
 
 log = logging.getLogger(__name__)
@@ -597,7 +598,9 @@ def _stable_diffusion_node(stable_diffusion, tokenizer_path, architecture) -> di
 def _build_and_load(state: Mapping[str, Any], contents: CheckpointContents, path: Path, components,
                     stable_diffusion_node: Mapping[str, Any], weights: str) -> nn.Module:
     image_size = image_size_of(state, path)
-    options = {"variant": "ldznet", "image_size": image_size, "stable_diffusion": dict(stable_diffusion_node)}
+    # base.yaml's model options, with the released checkpoint's image size; no gradient checkpointing (inference)
+    options = model_defaults(variant="ldznet", image_size=image_size, gradient_checkpointing=False,
+                             stable_diffusion=dict(stable_diffusion_node))
     model = build_segmenter(options, components)
     mapping = key_mapping(model)
     load_segmentation_unet(model, state, mapping, weights, path)

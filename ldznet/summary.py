@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ldznet.config import model_defaults
 from ldznet.models import VARIANTS, build_segmenter, parameter_counts
 from ldznet.stable_diffusion import build_random_components
 
@@ -24,7 +25,8 @@ def summarize(variant: str, size: str = "sd") -> dict[str, dict[str, int]]:
     """{part: {"trainable": n, "frozen": n}} for `variant` at `size` (built on the meta device)."""
     with torch.device("meta"):
         components = build_random_components(size)
-        model = build_segmenter({"variant": variant, "image_size": IMAGE_SIZES[size]}, components)
+        model = build_segmenter(model_defaults(variant=variant, image_size=IMAGE_SIZES[size],
+                                               gradient_checkpointing=False), components)
     return parameter_counts(model)
 
 

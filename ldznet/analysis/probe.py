@@ -81,7 +81,9 @@ def cache_features(cfg: DictConfig, split: str, components, path: Path, device: 
     timesteps, blocks = [int(t) for t in cfg.timesteps], check_block_numbers(cfg.blocks)
     encoder = LatentEncoder(components.vae, cfg.latent).to(device).eval()
     text = FrozenTextConditioning(components.tokenizer, components.text_encoder).to(device)
-    features = LDMFeatures(components.unet, components.scheduler, blocks).to(device).eval()
+    # no sampled timesteps: every call below passes its t and noise
+    features = LDMFeatures(components.unet, components.scheduler, blocks, train_timesteps=None,
+                           eval_timestep=None).to(device).eval()
     generator = torch.Generator().manual_seed(int(cfg.noise_seed))
     loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False, num_workers=int(cfg.num_workers))
     temporary = path.with_name(path.name + ".tmp")

@@ -11,37 +11,37 @@ Every one is an nn.Module with forward(images (B,3,H,W) in [-1,1], prompts list[
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from common.config import require
 from ldznet.models.ldznet import LDZNet
 from ldznet.models.rgbnet import RGBNet
 from ldznet.models.znet import ZNet
 
 VARIANTS = ("rgbnet", "znet", "ldznet", "ldznet_concat")
 
-# The model options a config may set (experiments/chapter3/model/base.yaml), with their defaults.
-MODEL_DEFAULTS: dict[str, Any] = {
-    "variant": "ldznet",
-    "image_size": 384,
-    "latent": "sample",
-    "gradient_checkpointing": False,
-    "eval_seed": 0,
-    "ldm": {"blocks": [6, 7, 8, 9, 10], "train_timesteps": [300, 500], "eval_timestep": 400},
-    "rgb_stem_channels": [64, 128],
-}
+# The model options (the `model` node of experiments/chapter3/base.yaml, which holds their values: issue 14, one
+# source of truth). Every one is required; `stable_diffusion` (where the SD weights come from) is optional here.
+MODEL_KEYS = ("variant", "image_size", "latent", "gradient_checkpointing", "eval_seed", "ldm.blocks",
+              "ldm.train_timesteps", "ldm.eval_timestep", "rgb_stem_channels")
+MODEL_SOURCE = "experiments/chapter3/base.yaml (node `model`)"
 
 
-def model_options(model_cfg: Mapping | DictConfig) -> dict[str, Any]:
-    """Plain dict of the model options with defaults filled in (stable_diffusion node passed through)."""
+def model_options(model_cfg: Mapping | DictConfig, source: str | Path = MODEL_SOURCE) -> dict[str, Any]:
+    """Plain dict of the model options (stable_diffusion node passed through). A missing option is a
+    MissingConfigKey naming `model.<key>` and `source` (no default in code); an unknown one a ValueError."""
     given = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    options = {**MODEL_DEFAULTS, **given}
-    options["ldm"] = {**MODEL_DEFAULTS["ldm"], **(given.get("ldm") or {})}
-    unknown = sorted(set(options) - set(MODEL_DEFAULTS) - {"stable_diffusion"})
+    valid = sorted({key.split(".")[0] for key in MODEL_KEYS})
+    unknown = sorted(set(given) - set(valid) - {"stable_diffusion"})
     if unknown:
-        raise ValueError(f"unknown model option(s) {unknown}; valid: {sorted(MODEL_DEFAULTS)} + stable_diffusion")
+        raise ValueError(f"unknown model option(s) {unknown}; valid: {valid} + stable_diffusion")
+    for key in MODEL_KEYS:
+        require({"model": given}, "model." + key, source)
+    options = {**given, "ldm": dict(given["ldm"])}
     if options["variant"] not in VARIANTS:
         raise ValueError(f"model.variant must be one of {VARIANTS}, got {options['variant']!r}")
     return options

@@ -145,19 +145,28 @@ class _StopForward(Exception):
 class LDMFeatures(PerSampleNoise, nn.Module):
     """Frozen SD UNet -> {block number: feature (B, C, h, w)} after the chosen spatial-attention modules."""
 
-    def __init__(self, unet: nn.Module, scheduler, blocks: Sequence[int],
-                 train_timesteps: Sequence[int] = (300, 500), eval_timestep: int = 400, eval_noise_seed: int = 0):
+    def __init__(self, unet: nn.Module, scheduler, blocks: Sequence[int], train_timesteps: Sequence[int] | None,
+                 eval_timestep: int | None, eval_noise_seed: int = 0):
+        """`train_timesteps` [low, high) and `eval_timestep` are `model.ldm.*` of experiments/chapter3/base.yaml
+        (no default in code); None for both when every call passes its own timesteps (the Fig 3.4 probe)."""
         super().__init__()
         self.unet = unet.requires_grad_(False).eval()
         self.scheduler = scheduler
         self.blocks = check_block_numbers(blocks)
         self.layout = {block.number: block for block in spatial_attention_blocks(unet)}
-        low, high = (int(value) for value in train_timesteps)
         steps = scheduler.config.num_train_timesteps
-        if not 0 <= low < high <= steps or not 0 <= int(eval_timestep) < steps:
-            raise ValueError(f"timesteps must lie in [0, {steps}): train range [{low}, {high}), eval {eval_timestep}")
-        self.train_timesteps = (low, high)
-        self.eval_timestep = int(eval_timestep)
+        if (train_timesteps is None) != (eval_timestep is None):
+            raise ValueError("LDMFeatures: give both train_timesteps and eval_timestep, or neither (the caller then "
+                             f"passes timesteps), got {train_timesteps!r} and {eval_timestep!r}")
+        if train_timesteps is not None:
+            low, high = (int(value) for value in train_timesteps)
+            if not 0 <= low < high <= steps or not 0 <= int(eval_timestep) < steps:
+                raise ValueError(f"timesteps must lie in [0, {steps}): train range [{low}, {high}), eval "
+                                 f"{eval_timestep}")
+            self.train_timesteps: tuple[int, int] | None = (low, high)
+            self.eval_timestep: int | None = int(eval_timestep)
+        else:
+            self.train_timesteps, self.eval_timestep = None, None
         self.eval_noise_seed = int(eval_noise_seed)
 
     def train(self, mode: bool = True) -> LDMFeatures:
@@ -171,6 +180,8 @@ class LDMFeatures(PerSampleNoise, nn.Module):
         Each sample's t and noise come from its own generators (`per_sample_noise`: (seed, key, stream);
         at evaluation without keys, key = the batch position); only training without keys draws from the
         global generator."""
+        if self.train_timesteps is None:
+            raise ValueError("LDMFeatures was built without train_timesteps / eval_timestep: pass timesteps and noise")
         batch = z.shape[0]
         noise = self.sample_normal(z.shape, "z_t", self.eval_noise_seed)
         if self.training:

@@ -82,12 +82,12 @@ class LDMConcatTransformer(nn.Module):
 
 class LDZNet(ZNet):
     """ZNet + frozen-LDM features of spatial-attention blocks `blocks` (6-10 in the paper, §3.2.2: the config's
-    `model.ldm.blocks`, experiments/chapter3/base.yaml)."""
+    `model.ldm.blocks`, experiments/chapter3/base.yaml). `image_size`, `train_timesteps` and `eval_timestep` have
+    no default either: they are `model.image_size` and `model.ldm.*` of that file."""
 
     def __init__(self, components, fusion: str = "cross_attention", *, blocks: Sequence[int],
-                 image_size: int = 384, latent: str = "sample", gradient_checkpointing: bool = False,
-                 train_timesteps: Sequence[int] = (300, 500), eval_timestep: int = 400, eval_noise_seed: int = 0,
-                 heads: int = 8):
+                 image_size: int, latent: str = "sample", gradient_checkpointing: bool = False,
+                 train_timesteps: Sequence[int], eval_timestep: int, eval_noise_seed: int = 0, heads: int = 8):
         if fusion not in FUSIONS:
             raise ValueError(f"LD-ZNet fusion must be one of {FUSIONS}, got {fusion!r}")
         # ZNet gets its own trainable copy of the UNet; the original becomes the frozen LDM.

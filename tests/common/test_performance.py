@@ -255,12 +255,14 @@ def test_compile_that_cannot_wrap_stays_eager_and_warns():
 def ldznet_setup():
     from benchmarks.memory import make_batch
     from benchmarks.segmentation import tokenizer_for_benchmarks
+    from ldznet.config import model_defaults, optim_defaults
     from ldznet.lit_module import SegmenterLitModule
     from ldznet.stable_diffusion import build_random_components
 
     torch.manual_seed(0)
     components = build_random_components("tiny", tokenizer_for_benchmarks())
-    module = SegmenterLitModule({"variant": "ldznet", "image_size": 64}, {"ema": False}, components=components)
+    module = SegmenterLitModule(model_defaults(variant="ldznet", image_size=64, gradient_checkpointing=False),
+                                optim_defaults(ema=False), components=components)
     return module, make_batch(2, 64, torch.device("cpu"))
 
 

@@ -337,11 +337,13 @@ def test_cli_with_a_real_tiny_ldznet_checkpoint(tmp_path):
     """Integration with the models part: a tiny LD-ZNet written by ldznet.checkpoints, run by the CLI."""
     from common.testing import write_tiny_stable_diffusion
     from ldznet.checkpoints import save_segmenter
+    from ldznet.config import model_defaults
     from ldznet.models import build_segmenter
     from ldznet.stable_diffusion import components_from_config
 
     sd = write_tiny_stable_diffusion(tmp_path / "tiny_sd")
-    model_cfg = {"variant": "ldznet", "image_size": 64, "stable_diffusion": {"path": str(sd)}}
+    model_cfg = model_defaults(variant="ldznet", image_size=64, gradient_checkpointing=False,
+                               stable_diffusion={"path": str(sd)})
     components = components_from_config(model_cfg["stable_diffusion"])
     save_segmenter(
         build_segmenter(model_cfg, components),

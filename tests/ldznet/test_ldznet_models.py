@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from common.testing import write_tiny_stable_diffusion
+from ldznet.config import model_defaults
 from ldznet.models import build_segmenter, parameter_counts
 from ldznet.models.attention_pool import AttentionPool
 from ldznet.models.ldm_features import spatial_attention_blocks
@@ -26,7 +27,8 @@ def components(tmp_path_factory):
 
 def _build(components, variant, **options):
     torch.manual_seed(0)
-    return build_segmenter({"variant": variant, "image_size": 64, **options}, copy.deepcopy(components))
+    options = {"gradient_checkpointing": False, **options}
+    return build_segmenter(model_defaults(variant=variant, image_size=64, **options), copy.deepcopy(components))
 
 
 def _images(size=(64, 64), batch=2, seed=0):
@@ -39,7 +41,7 @@ def test_sd_size_parameter_counts_match_the_paper():
     with torch.device("meta"):
         sd = build_random_components("sd")
         frozen_unet = sum(p.numel() for p in sd.unet.parameters())
-        model = build_segmenter({"variant": "ldznet", "image_size": 384}, sd)
+        model = build_segmenter(model_defaults(variant="ldznet", image_size=384, gradient_checkpointing=False), sd)
     assert frozen_unet / 1e6 == pytest.approx(859.52, abs=0.01)
     counts = parameter_counts(model)
     trainable = sum(entry["trainable"] for entry in counts.values())
@@ -60,7 +62,7 @@ def test_sd_block_table_and_pool_sizes():
     assert all(blocks[n - 1].channels == 1280 for n in range(5, 11))
     assert [blocks[n - 1].size(48) for n in (6, 7, 8)] == [12, 6, 12]
     with torch.device("meta"):
-        model = build_segmenter({"variant": "ldznet", "image_size": 384}, sd)
+        model = build_segmenter(model_defaults(variant="ldznet", image_size=384, gradient_checkpointing=False), sd)
     pools = model.attention_pools
     assert pools["6"].positional_embedding.shape == (145, 1280) and pools["7"].positional_embedding.shape == (37, 1280)
 
@@ -232,9 +234,9 @@ def test_bad_inputs_raise_clear_errors(components):
     with pytest.raises(ValueError, match="2 prompts for a batch of 1|1 prompts"):
         model(_images(batch=1), PROMPTS)
     with pytest.raises(ValueError, match="variant"):
-        build_segmenter({"variant": "unet"}, components)
+        build_segmenter(model_defaults(variant="unet"), components)
     with pytest.raises(ValueError, match="unknown model option"):
-        build_segmenter({"variant": "znet", "imagesize": 3}, components)
+        build_segmenter({**model_defaults(variant="znet"), "imagesize": 3}, components)
 
 
 
@@ -243,7 +245,8 @@ def test_sd_size_ldznet_runs_with_real_tensors(tmp_path):
     """Random SD-size weights (about 8 GB of RAM): the full-size path, not only the meta build."""
     torch.manual_seed(0)
     sd = build_random_components("sd", tokenizer=load_tokenizer(write_tiny_tokenizer(tmp_path / "tokenizer")))
-    model = build_segmenter({"variant": "ldznet", "image_size": 384}, sd).eval()
+    model = build_segmenter(model_defaults(variant="ldznet", image_size=384, gradient_checkpointing=False),
+                            sd).eval()
     with torch.no_grad():
         logits = model(torch.zeros(1, 3, 128, 128), ["a photo of a cat"])  # pools interpolate 12 -> 4, 6 -> 2
     assert logits.shape == (1, 1, 128, 128) and torch.isfinite(logits).all()

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from common.config import load_config
 from common.testing import write_tiny_stable_diffusion
+from ldznet.config import model_defaults
 from ldznet.data import build_dataset
 from ldznet.eval import evaluate_segmenter
 from ldznet.lit_module import TrainableEMA, training_plan
@@ -86,7 +87,7 @@ def tiny(tmp_path_factory):
     sd = write_tiny_stable_diffusion(root / "sd", seed=3)
     phrasecut = write_toy_phrasecut(root / "VGPhraseCut_v0", samples_per_split=5, size=64)
     torch.manual_seed(0)
-    model = build_segmenter({"variant": "ldznet", "image_size": 64, "eval_seed": 7},
+    model = build_segmenter(model_defaults(variant="ldznet", image_size=64, eval_seed=7, gradient_checkpointing=False),
                             load_stable_diffusion(sd, hash_files=False)).eval()
     dataset = build_dataset({"name": "phrasecut", "root": str(phrasecut), "split": "test", "image_size": 64})
     return model, dataset

@@ -12,6 +12,7 @@ from common.checkpoints import load_torch
 from common.config import load_config
 from common.testing import write_tiny_stable_diffusion
 from ldznet.checkpoints import load_segmenter, save_segmenter
+from ldznet.config import model_defaults, optim_defaults
 from ldznet.lit_module import SegmenterLitModule, TrainableEMA, scaled_learning_rate
 from ldznet.models import build_segmenter
 from ldznet.stable_diffusion import load_stable_diffusion
@@ -33,8 +34,8 @@ def test_learning_rate_is_base_times_batch_devices_accumulation():
 
 def test_optimiser_and_plateau_schedule(world):
     components = load_stable_diffusion(world["sd"], hash_files=False)
-    module = SegmenterLitModule({"variant": "znet", "image_size": 64},
-                                {"base_learning_rate": 5e-7, "batch_size": 4, "head_learning_rate_scale": 10.0},
+    module = SegmenterLitModule(model_defaults(variant="znet", image_size=64, gradient_checkpointing=False),
+                                optim_defaults(base_learning_rate=5e-7, batch_size=4, head_learning_rate_scale=10.0),
                                 components=components)
     configured = module.configure_optimizers()
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
@@ -67,7 +68,8 @@ def test_ema_warm_up_and_swap():
 def test_znet_overfits_one_batch(world):
     components = load_stable_diffusion(world["sd"], hash_files=False)
     torch.manual_seed(0)
-    model = build_segmenter({"variant": "znet", "image_size": 64}, components).train()
+    model = build_segmenter(model_defaults(variant="znet", image_size=64, gradient_checkpointing=False),
+                            components).train()
     images = torch.rand(2, 3, 64, 64) * 2 - 1
     masks = torch.zeros(2, 1, 64, 64)
     masks[:, :, 16:48, 16:48] = 1
@@ -87,8 +89,8 @@ def test_znet_overfits_one_batch(world):
 
 def test_save_and_load_segmenter_prefers_ema_and_checks_variant(world, tmp_path):
     components = load_stable_diffusion(world["sd"], hash_files=False)
-    model_cfg = {"variant": "ldznet", "image_size": 64,
-                 "stable_diffusion": {"path": str(world["sd"]), "architecture": "tiny"}}
+    model_cfg = model_defaults(variant="ldznet", image_size=64, gradient_checkpointing=False,
+                               stable_diffusion={"path": str(world["sd"]), "architecture": "tiny"})
     model = build_segmenter(model_cfg, copy.deepcopy(components))
     ema = {name: torch.full_like(p, 0.5) for name, p in model.named_parameters() if p.requires_grad}
     path = save_segmenter(model, tmp_path / "segmenter.pt", model_cfg, ema_state_dict=ema,
@@ -182,8 +184,8 @@ def test_ddp_on_two_cpu_processes_equals_one_process_on_the_same_global_batch(wo
     exported = [load_torch(run / "segmenter.pt") for run in (two, one)]
     assert all(torch.equal(exported[0]["ema_state_dict"][name], value)  # the export holds the workers' EMA
                for name, value in checkpoint["ema_state_dict"]["shadow"].items())
-    initial = build_segmenter({"variant": "ldznet", "image_size": 64}, load_stable_diffusion(world["sd"],
-                                                                                           hash_files=False))
+    initial = build_segmenter(model_defaults(variant="ldznet", image_size=64, gradient_checkpointing=False),
+                              load_stable_diffusion(world["sd"], hash_files=False))
     moved = 0.0
     for key in ("state_dict", "ema_state_dict"):
         assert exported[0][key].keys() == exported[1][key].keys()

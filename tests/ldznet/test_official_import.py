@@ -25,6 +25,7 @@ from PIL import Image
 from common.testing import write_tiny_stable_diffusion
 from ldznet import official
 from ldznet.checkpoints import load_segmenter
+from ldznet.config import model_defaults
 from ldznet.eval import main as eval_main
 from ldznet.import_official import main as import_main
 from ldznet.models import build_segmenter
@@ -234,7 +235,8 @@ def test_shipped_listing_is_the_official_network_and_a_bijection_onto_ours():
     # our independent CompVis-rule generator reproduces the listing exactly (so it is fit to make tiny files)
     assert compvis_ldznet_keys([320, 640, 1280, 1280], 768, 384 // 8) == listing
     with torch.device("meta"):
-        model = build_segmenter({"variant": "ldznet", "image_size": 384}, build_random_components("sd"))
+        model = build_segmenter(model_defaults(variant="ldznet", image_size=384, gradient_checkpointing=False),
+                                build_random_components("sd"))
     mapping = official.key_mapping(model)
     trainable = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
     assert set(mapping) == set(listing)  # nothing unmapped on the official side

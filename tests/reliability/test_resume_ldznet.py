@@ -16,6 +16,7 @@ from common.checkpoints import load_torch
 from common.config import load_config
 from common.resilience import StepSeededSampler, sample_seed
 from common.testing import write_tiny_stable_diffusion
+from ldznet.config import model_defaults, optim_defaults
 from ldznet.data import EpochStepSampler, NumberedSamples
 from ldznet.train import train
 from tests.helpers.toy_phrasecut import write_toy_phrasecut
@@ -178,8 +179,8 @@ def test_resume_from_another_variant_is_refused_naming_the_checkpoint(world, tmp
     with pytest.raises(ValueError, match=r"'phrasecut' task, not 'aigi' \(task mismatch\)"):
         train(load_config(TINY, overrides(world, "znet") + [f"resume={checkpoint}", "task=aigi"]), root=tmp_path)
     # strict_loading is off (frozen SD weights are not stored), so missing trainable weights are checked
-    module = SegmenterLitModule({"variant": "znet", "image_size": 64}, components=load_stable_diffusion(
-        world["sd"], hash_files=False))
+    module = SegmenterLitModule(model_defaults(variant="znet", image_size=64, gradient_checkpointing=False),
+                                optim_defaults(), components=load_stable_diffusion(world["sd"], hash_files=False))
     state_dict = {"model." + name: value for name, value in module.model.named_parameters() if value.requires_grad}
     del state_dict["model.head.layers.0.weight"]
     with pytest.raises(ValueError, match=r"lacks 1 trainable weights of this 'znet' model.*head.layers.0.weight"):
