@@ -23,12 +23,13 @@ TERMS = ("normal", "albedo", "lighting", "reconstruction")
 
 @dataclass(frozen=True)
 class SfSWeights:
-    """lambda_N, lambda_A, lambda_Light, lambda_recon of Eq. 2.9 (0.5, 0.5, 0.1, 0.5 in SfSNet)."""
+    """lambda_N, lambda_A, lambda_Light, lambda_recon of Eq. 2.9 (0.5, 0.5, 0.1, 0.5 in SfSNet). No defaults in
+    code: the values are `sfs_weights` of experiments/chapter2/faces_base.yaml (issue 14, one source of truth)."""
 
-    normal: float = 0.5
-    albedo: float = 0.5
-    lighting: float = 0.1
-    reconstruction: float = 0.5
+    normal: float
+    albedo: float
+    lighting: float
+    reconstruction: float
 
 
 def _check(name: str, tensor: torch.Tensor, shape: tuple) -> None:
@@ -47,7 +48,7 @@ def lighting_l2(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def sfs_supervision(prediction: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                    image: torch.Tensor, weights: SfSWeights = SfSWeights()) -> dict[str, torch.Tensor]:
+                    image: torch.Tensor, weights: SfSWeights) -> dict[str, torch.Tensor]:
     """Eq. 2.9 for one domain -> {"total", "normal", "albedo", "lighting", "reconstruction"} (unweighted terms).
 
     prediction: SfSNet output {"normal" [0,1]-encoded, "albedo", "lighting" (B,27)};

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from common.checkpoints import sha256_of_file, write_json
+from common.config import require
 from common.images import load_image_rgb
 from common.metrics.lighting import topk_accuracy
 from common.metrics.normals import PhotofaceAggregator, normal_errors
@@ -36,7 +37,7 @@ from sharingan.data.loaders import SyntheticOnly, TwoDomainDataModule, TwoDomain
 from sharingan.data.multipie import MultiPIEDataset, lighting_class_scores
 from sharingan.data.photoface import PhotofaceDataset
 from sharingan.data.sfsnet_synthetic import read_light, synthetic_dataset, write_light
-from sharingan.face_losses import SfSWeights, sfs_supervision
+from sharingan.face_losses import TERMS, SfSWeights, sfs_supervision
 from sharingan.models.face_critic import FaceCritic
 from sharingan.models.rbdn import RBDN
 from sharingan.models.sfsnet import SfSNet, decode_normals, render
@@ -49,6 +50,7 @@ PIPELINE_CONFIG = "experiments/chapter2/faces_pipeline.yaml"
 MONITOR = ("val/mae_deg", "min")  # the official code selects the best Photoface-val checkpoint
 PROGRESS_BAR_METRIC = "mae_deg"  # the validation metric shown on the progress bar
 PAPER_TABLES = Path(__file__).resolve().parents[2] / "experiments" / "chapter2" / "paper_tables_faces.yaml"
+FACES_BASE = "experiments/chapter2/faces_base.yaml"  # holds sfs_weights (Eq. 2.9)
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -233,8 +235,8 @@ def validation_metrics(generator: nn.Module | None, task_network: nn.Module, bat
 class FaceTaskLoss:
     """L_T for faces: SfS supervision (Eq. 2.9) with ground truth (synthetic) or pseudo-labels (real)."""
 
-    def __init__(self, weights: SfSWeights | None = None) -> None:
-        self.weights = weights if weights is not None else SfSWeights()
+    def __init__(self, weights: SfSWeights) -> None:
+        self.weights = weights
 
     def _domain(self, predictions: Mapping[str, Tensor], batch: Mapping, name: str
                 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -252,9 +254,10 @@ class FaceTaskLoss:
 
 
 def build_task_loss(cfg: DictConfig) -> FaceTaskLoss:
-    node = cfg.sfs_weights
-    return FaceTaskLoss(SfSWeights(normal=float(node.normal), albedo=float(node.albedo),
-                                   lighting=float(node.lighting), reconstruction=float(node.reconstruction)))
+    """Eq. 2.9's weights from `sfs_weights` of the config (experiments/chapter2/faces_base.yaml); a missing one is
+    a MissingConfigKey naming it."""
+    return FaceTaskLoss(SfSWeights(**{term: float(require(cfg, f"sfs_weights.{term}", FACES_BASE))
+                                      for term in TERMS}))
 
 
 # ------------------------------------------------------------------------------------------------- display

@@ -71,7 +71,8 @@ def test_sfsnet_outputs_and_width_multiplier():
 @pytest.mark.slow
 def test_paper_size_networks_run_a_training_step_at_128():
     """Full-width RBDN -> SfSNet and the critic at 128x128 (the critic's 2048-wide flatten needs 128)."""
-    from sharingan.face_losses import sfs_supervision
+    from common.config import load_config
+    from sharingan.face_losses import SfSWeights, sfs_supervision
     from sharingan.losses import critic_loss
 
     generator, critic, task_network = RBDN(), FaceCritic(), SfSNet()
@@ -80,7 +81,8 @@ def test_paper_size_networks_run_a_training_step_at_128():
     prediction = task_network(shared)
     target = {"normal": torch.rand(2, 3, 128, 128), "albedo": torch.rand(2, 3, 128, 128),
               "lighting": torch.rand(2, 27), "mask": torch.ones(2, 1, 128, 128)}
-    loss = sfs_supervision(prediction, target, image)["total"]
+    weights = SfSWeights(**load_config("experiments/chapter2/faces_base.yaml").sfs_weights)
+    loss = sfs_supervision(prediction, target, image, weights)["total"]
     loss.backward()
     assert generator.output.weight.grad is not None and torch.isfinite(loss)
     value, _ = critic_loss(critic, shared[:1], shared[1:], 10.0)
