@@ -24,11 +24,10 @@ def load_benchmark(name: str) -> Callable:
     """The `run(context)` of benchmark `name`; a missing project module becomes a 'not measured' section."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; one of {BENCHMARKS}")
-    module = importlib.import_module(f"benchmarks.{name}")
 
     def run(context):
-        try:
-            return module.run(context)
+        try:  # the import too: a benchmark module imports the project modules it measures at its top
+            return importlib.import_module(f"benchmarks.{name}").run(context)
         except ModuleNotFoundError as error:
             missing = error.name or str(error)
             if missing.split(".")[0] not in ("sharingan", "ldznet", "common"):

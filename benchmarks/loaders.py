@@ -21,6 +21,10 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks.timing import Context, progress
+from ldznet.data.phrasecut import PhraseCutDataset, write_phrasecut_split
+from sharingan.data.images import write_rgb
+from sharingan.data.kitti import KittiStereoDataset, write_kitti_fixture
+from sharingan.data.vkitti import VirtualKittiDataset, write_vkitti_fixture
 
 
 def plan(context: Context) -> dict:
@@ -46,9 +50,6 @@ def natural_image(height: int, width: int, rng: np.random.Generator) -> np.ndarr
 
 
 def write_kitti(root: Path, samples: int, size: list[int]):
-    from sharingan.data.images import write_rgb
-    from sharingan.data.kitti import KittiStereoDataset, write_kitti_fixture
-
     entries = write_kitti_fixture(root, frames=samples, image_size=tuple(size), points_per_frame=500)
     rng = np.random.default_rng(0)
     for entry in entries:
@@ -58,9 +59,6 @@ def write_kitti(root: Path, samples: int, size: list[int]):
 
 
 def write_vkitti(root: Path, samples: int, size: list[int]):
-    from sharingan.data.images import write_rgb
-    from sharingan.data.vkitti import VirtualKittiDataset, write_vkitti_fixture
-
     entries = write_vkitti_fixture(root, variations=("clone",), frames=samples, size=tuple(size))
     rng = np.random.default_rng(1)
     for entry in entries:
@@ -69,8 +67,6 @@ def write_vkitti(root: Path, samples: int, size: list[int]):
 
 
 def write_phrasecut(root: Path, samples: int, size: list[int]):
-    from ldznet.data.phrasecut import PhraseCutDataset, write_phrasecut_split
-
     rng = np.random.default_rng(2)
     height, width = size
     items = []

@@ -19,13 +19,14 @@ import torch
 
 from benchmarks.segmentation import PROMPT, parameter_millions, tokenizer_for_benchmarks
 from benchmarks.timing import Context, peak_memory, progress, release_memory, synchronize
+from ldznet.config import model_defaults, optim_defaults
+from ldznet.lit_module import SegmenterLitModule
+from ldznet.stable_diffusion import build_random_components, sd_architecture
 
 
 def reduced_architecture() -> dict:
     """SD v1's topology (16 spatial-attention blocks, same names) at a fifth of the UNet width and a quarter of
     the VAE width, with SD's CLIP text encoder: what a shared CPU can train in seconds."""
-    from ldznet.stable_diffusion import sd_architecture
-
     architecture = sd_architecture()
     architecture["unet"]["block_out_channels"] = [64, 128, 256, 256]
     architecture["vae"]["block_out_channels"] = [32, 64, 128, 128]
@@ -52,12 +53,11 @@ def plan(context: Context) -> dict:
 
 
 def build_module(settings: dict, tokenizer):
-    from ldznet.lit_module import SegmenterLitModule
-    from ldznet.stable_diffusion import build_random_components
-
     architecture = reduced_architecture() if settings["architecture"] == "reduced" else settings["architecture"]
     components = build_random_components(architecture, tokenizer)
-    return SegmenterLitModule({"variant": "ldznet", "image_size": settings["image_size"]}, {"ema": True},
+    # gradient checkpointing off as built (set_checkpointing switches it per row); base.yaml's optimiser, EMA on
+    return SegmenterLitModule(model_defaults(variant="ldznet", image_size=settings["image_size"],
+                                             gradient_checkpointing=False), optim_defaults(ema=True),
                               components=components)
 
 

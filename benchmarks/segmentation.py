@@ -19,6 +19,10 @@ import torch
 from torch import nn
 
 from benchmarks.timing import Context, progress, release_memory, time_calls
+from ldznet.config import model_defaults
+from ldznet.models import build_segmenter
+from ldznet.stable_diffusion import build_random_components, load_tokenizer
+from ldznet.tiny_configs import write_tiny_tokenizer
 
 VARIANTS = ("rgbnet", "znet", "ldznet")
 NAMES = {"rgbnet": "RGBNet", "znet": "ZNet", "ldznet": "LD-ZNet"}
@@ -51,9 +55,6 @@ def plan(context: Context) -> dict:
 # ------------------------------------------------------------------------------------------------ building
 def tokenizer_for_benchmarks():
     """A small CLIP BPE tokenizer written to a temporary folder (no download; ids fit every text encoder)."""
-    from ldznet.stable_diffusion import load_tokenizer
-    from ldznet.tiny_configs import write_tiny_tokenizer
-
     with tempfile.TemporaryDirectory() as folder:
         write_tiny_tokenizer(folder)
         return load_tokenizer(folder)
@@ -62,12 +63,9 @@ def tokenizer_for_benchmarks():
 def build_model(variant: str, architecture: str, image_size: int, tokenizer, gradient_checkpointing: bool = False
                 ) -> nn.Module:
     """The project's segmenter of `variant`, on freshly built random SD components of `architecture`."""
-    from ldznet.models import build_segmenter
-    from ldznet.stable_diffusion import build_random_components
-
     components = build_random_components(architecture, tokenizer)
-    return build_segmenter({"variant": variant, "image_size": image_size,
-                            "gradient_checkpointing": gradient_checkpointing}, components)
+    return build_segmenter(model_defaults(variant=variant, image_size=image_size,
+                                          gradient_checkpointing=gradient_checkpointing), components)
 
 
 def parameter_millions(model: nn.Module) -> dict[str, float]:
@@ -99,7 +97,7 @@ def compile_targets(model: nn.Module) -> dict[str, nn.Module]:
 def set_compiled(modules: dict[str, nn.Module], enabled: bool) -> None:
     """Switch `nn.Module.compile()` on or off (the compiled callable is kept, so switching back is free)."""
     if enabled:
-        import torch._dynamo
+        import torch._dynamo  # deferred: ~1.2 s to import (measured), needed only by the compiled variants (CUDA)
 
         # many same-class blocks of different shapes: allow more compiled variants per code object
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)

@@ -12,13 +12,20 @@ the forward and forward+backward time of G, T and the critic separately on one d
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.timing import Context, progress, release_memory, synchronize, time_calls
+from benchmarks.timing import Context, progress, release_memory, summarize, synchronize, time_calls
+from common.config import load_config
+from sharingan.lit_module import SharinGANModule
+from sharingan.losses import critic_loss
+from sharingan.schedule import batch_chunks
+from sharingan.tasks import load_task
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"depth": REPO / "experiments/chapter2/depth_sharingan.yaml",
@@ -47,8 +54,6 @@ def plan(context: Context) -> dict:
 
 
 def load_task_config(task: str, context: Context, size: list[int], batch: int, use_sharingan: bool = True):
-    from common.config import load_config
-
     path = (QUICK_CONFIGS if context.quick else CONFIGS)[task]
     overrides = [f"data.size=[{size[0]},{size[1]}]", f"sharingan.use_sharingan={str(use_sharingan).lower()}",
                  "logging.image_every=0"]
@@ -100,11 +105,6 @@ class Batches(Dataset):
 def iteration_times(cfg, task: str, batch: int, size: list[int], context: Context, warmup: int, repeats: int
                     ) -> dict:
     """Median ms of one training iteration of SharinGANModule under a Lightning Trainer."""
-    import pytorch_lightning as pl
-
-    from sharingan.lit_module import SharinGANModule
-    from sharingan.schedule import batch_chunks
-
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -133,8 +133,6 @@ def iteration_times(cfg, task: str, batch: int, size: list[int], context: Contex
                          enable_model_summary=False, precision="32-true", callbacks=[timer])
     trainer.fit(module, train_dataloaders=DataLoader(Batches(batches), batch_size=None, num_workers=0))
     measured = timer.times[warmup:]
-    from benchmarks.timing import summarize
-
     summary = summarize(measured)
     del trainer, module
     release_memory(context.device)
@@ -142,8 +140,6 @@ def iteration_times(cfg, task: str, batch: int, size: list[int], context: Contex
 
 
 def _now() -> float:
-    import time
-
     return time.perf_counter()
 
 
@@ -158,8 +154,6 @@ def _scalar(output) -> Tensor:
 def network_calls(networks: dict[str, nn.Module], images: Tensor, other: Tensor, gradient_penalty: float
                   ) -> dict[str, object]:
     """forward (no grad) and forward+backward of G, T, D; the critic's WGAN-GP loss forward+backward."""
-    from sharingan.losses import critic_loss
-
     calls = {}
     for name, network in networks.items():
         network.train()
@@ -204,8 +198,6 @@ def measure_task(task: str, settings: dict, context: Context) -> tuple[list, lis
                            "max_ms": timings[label]["max_ms"], "repeats": timings[label]["repeats"]})
     ratio_rows.append({"ratio": f"{task}: SharinGAN iteration / T-alone iteration", "setting": f"{size[0]}x{size[1]}",
                        "ours": timings["SharinGAN"]["median_ms"] / timings["T alone (no SharinGAN)"]["median_ms"]})
-
-    from sharingan.tasks import load_task
 
     built = load_task(str(cfg.task)).build_networks(cfg)
     networks = {name: built[name].to(context.device) for name in ("generator", "task_network", "critic")}

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import resource
 import statistics
 import threading
 import time
@@ -68,8 +69,6 @@ def rss_bytes() -> int:
         with open("/proc/self/statm") as file:
             return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        import resource
-
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
