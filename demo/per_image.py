@@ -16,6 +16,7 @@ fixed); segmentation keeps each sample's IoU at the 49 thresholds (mIoU "best" =
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +28,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from common.metrics.depth import DepthErrorAggregator
+from common.metrics.lighting import topk_accuracy
+from common.metrics.normals import angular_errors_deg
 from common.metrics.segmentation import ThresholdSweepMetrics
+
+# Chapter code (sharingan.*, ldznet.*) is imported inside the functions: demo.plan imports this module (through
+# demo.floors) for `python -m demo --list` and for every worker process, which must not need the chapters (a
+# missing one is reported "not run: missing chapter code"); sharingan.tasks.* costs ~3.7 s to import (measured).
 
 
 class RecordingDepthAggregator(DepthErrorAggregator):
@@ -81,8 +88,6 @@ def depth_per_image(cfg: DictConfig, networks: Mapping[str, nn.Module | None]) -
 @torch.no_grad()
 def faces_per_image(cfg: DictConfig, networks: Mapping[str, nn.Module | None]) -> dict[str, dict[str, np.ndarray]]:
     """{"photoface": {"mae_deg": (N,)}, "multipie": {"top1": (N,) of 0 or 100}} for the data roots set."""
-    from common.metrics.lighting import topk_accuracy
-    from common.metrics.normals import angular_errors_deg
     from sharingan.data.multipie import lighting_class_scores
     from sharingan.models.sfsnet import decode_normals
     from sharingan.tasks import normals as task
@@ -150,8 +155,6 @@ def segmentation_curves(model: nn.Module, loader: DataLoader, device: str = "cpu
 
 def save_per_image(path: Path, values: Mapping[str, np.ndarray]) -> Path:
     """Write {name: array} as one .npz (atomic: temp file + rename)."""
-    import os
-
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(temporary, **{key: np.asarray(value) for key, value in values.items()})

@@ -52,6 +52,13 @@ def composed(path: Path, overrides: list[str]) -> Any:
         return {"unresolved": str(path), "overrides": overrides, "error": f"{type(error).__name__}: {error}"}
 
 
+# Imports inside the stage functions, on purpose: `python -m demo --list` and every worker process (jobs > 1: it
+# unpickles a stage function from this module) import this module, and must need neither the chapters (a missing
+# one is reported "not run: missing chapter code") nor the other stages' code. Measured import costs on top of this
+# module: the worlds ~0.08 s together (faces and shapes bring the chapters' format writers, sharingan.data and
+# ldznet.data), demo.tiny_ldm ~3.4 s (ldznet.stable_diffusion), sharingan.pipeline ~3.5 s, ldznet.pipeline /
+# ldznet.train / ldznet.analysis.probe ~4 s each.
+
 # ----------------------------------------------------------------------------------------------- worlds
 
 def run_world_street(ctx: StageContext) -> dict:

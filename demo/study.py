@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from demo.verdicts import lower_is_better
 
@@ -56,8 +57,6 @@ def read_scalars(tb_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]
     tb_dir = Path(tb_dir)
     if not tb_dir.is_dir():
         return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
     out = {}
@@ -87,7 +86,7 @@ def run_dirs(status: Mapping) -> dict[str, dict[str, dict[str, Path]]]:
             for row, checkpoint in entry.get("checkpoints", {}).items():
                 if checkpoint:  # <run>/checkpoints/networks_*.pt
                     out.setdefault(chapter, {}).setdefault(row, {})[seed] = Path(checkpoint).parent.parent
-    from demo.floors import IMAGE_ONLY
+    from demo.floors import IMAGE_ONLY  # deferred: demo.floors brings torch and scipy, ~1.6 s (measured), for a name
 
     methods = {"rgbnet": "RGBNet", "znet": "ZNet", "ldznet": "LD-ZNet", "ldznet_concat": "LD-ZNet with concatenation"}
     for seed, entry in status.get("ldznet", {}).get("result", {}).get("seeds", {}).items():
@@ -126,6 +125,7 @@ def learning_curves_figure(curves: Mapping, path: Path) -> Path | None:
     """One panel per chapter, one line per row and seed (the report's learning-curve figure)."""
     if not curves:
         return None
+    # deferred: pyplot ~0.4 s to import (measured), and the Agg backend is chosen only when a figure is drawn
     import matplotlib
 
     matplotlib.use("Agg")

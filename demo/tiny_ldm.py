@@ -32,6 +32,13 @@ from tqdm.auto import tqdm
 
 from common.checkpoints import write_json
 from demo.worlds import shapes
+from ldznet.stable_diffusion import (
+    build_random_components,
+    load_stable_diffusion,
+    load_tokenizer,
+    save_diffusers_folder,
+)
+from ldznet.tiny_configs import tiny_architecture, write_tiny_tokenizer
 
 # Words of the shape world and of the CLIPSeg prompt templates: one token each in the tiny tokenizer (as in CLIP's
 # vocabulary; a word left out is split into pieces that may spell another word: "colored" -> c o l o "red").
@@ -195,8 +202,6 @@ def train_unet(unet, vae, text_encoder, tokenizer, scheduler, images: torch.Tens
 
 def architecture(cfg: DictConfig) -> dict:
     """The tiny SD configs of ``ldznet.tiny_configs`` with the sizes of the demo config."""
-    from ldznet.tiny_configs import tiny_architecture
-
     arch = tiny_architecture(VOCABULARY)  # start/end token ids of the tokenizer written with VOCABULARY
     arch["vae"].update(OmegaConf.to_container(cfg.vae.arch, resolve=True))
     arch["vae"]["sample_size"] = int(cfg.data.size)
@@ -209,9 +214,6 @@ def architecture(cfg: DictConfig) -> dict:
 
 def train_tiny_ldm(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Train all three parts and write ``out_dir`` in the diffusers layout; returns the training record."""
-    from ldznet.stable_diffusion import build_random_components, load_tokenizer, save_diffusers_folder
-    from ldznet.tiny_configs import write_tiny_tokenizer
-
     out_dir = Path(out_dir)
     seed = int(cfg.seed)
     torch.manual_seed(seed)
@@ -234,6 +236,4 @@ def train_tiny_ldm(cfg: DictConfig, out_dir: str | Path) -> dict:
 
 def load_tiny_ldm(folder: str | Path):
     """Read the folder back through the real Stable Diffusion loader (the same call as for SD v1.4)."""
-    from ldznet.stable_diffusion import load_stable_diffusion
-
     return load_stable_diffusion(folder)

@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from common.checkpoints import write_text
 from demo.worlds.noise import gaussian_blur, sensor, to_uint8, value_noise
+from sharingan.data.celeba import write_celeba_fixture
+from sharingan.data.multipie import FRONTAL_CAMERA
+from sharingan.data.photoface import LIST_FILES, RESULTS_FOLDER
+from sharingan.data.sfsnet_synthetic import write_png, write_synthetic_sample
 
 # SH shading constants (SfSNet Shading_Layer; docs/ref-sharingan.md §1.6)
 _ATT = np.pi * np.array([1.0, 2.0 / 3.0, 0.25])
@@ -238,8 +243,6 @@ def encode_normals(normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def write_sfsnet(root: str | Path, n: int, size: int, seed: int = 0, per_folder: int = 100) -> int:
     """SfSNet synthetic layout via ``sharingan.data.sfsnet_synthetic.write_synthetic_sample``."""
-    from sharingan.data.sfsnet_synthetic import write_synthetic_sample
-
     rng = np.random.default_rng(seed)
     for k in tqdm(range(n), desc="SfSNet synthetic", leave=False):
         params, light = sample_face(rng), sample_light(rng)
@@ -280,8 +283,6 @@ def face_landmarks(params: dict, size: int) -> np.ndarray:
 def write_celeba(root: str | Path, counts, size: int, seed: int = 0) -> int:
     """CelebA (aligned) layout via ``sharingan.data.celeba.write_celeba_fixture`` with our real-style faces,
     including ``list_landmarks_align_celeba.txt`` (the five landmarks of each face, `face_landmarks`)."""
-    from sharingan.data.celeba import write_celeba_fixture
-
     rng = np.random.default_rng(seed)
     images, landmarks = [], []
     for _ in tqdm(range(int(sum(counts))), desc="CelebA", leave=False):
@@ -302,10 +303,6 @@ def write_photoface(root: str | Path, train_subjects: int, test_subjects: int, s
     same test, only the appearance differs (demo/domain_gap.py)."""
     if style not in ("real", "synthetic"):
         raise ValueError(f"write_photoface: style must be 'real' or 'synthetic', got {style!r}")
-    from common.checkpoints import write_text
-    from sharingan.data.photoface import LIST_FILES, RESULTS_FOLDER
-    from sharingan.data.sfsnet_synthetic import write_png
-
     root = Path(root)
     rng = np.random.default_rng(seed)
     lines = {"train": [], "test": []}
@@ -336,9 +333,6 @@ def write_multipie(root: str | Path, subjects: int, shots: int = 19, canvas=(480
     """Multi-PIE tree (``sharingan.data.multipie`` layout): frontal camera 05_1, session 1 recording 1, one
     PNG per (subject, illumination shot); the face fills the central `face_size` square that the protocol
     crops (300 x 300, then 128 x 128)."""
-    from sharingan.data.multipie import FRONTAL_CAMERA
-    from sharingan.data.sfsnet_synthetic import write_png
-
     root = Path(root)
     rng = np.random.default_rng(seed)
     count = 0

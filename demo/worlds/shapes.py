@@ -25,6 +25,9 @@ from skimage.draw import polygon2mask
 from tqdm.auto import tqdm
 
 from demo.worlds.noise import gaussian_blur, sensor, to_uint8, value_noise
+from ldznet.data.aigi import write_aigi_sample
+from ldznet.data.phrasecut import write_phrasecut_split
+from ldznet.data.refcoco import write_refer_dataset
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star")
 COLORS = {
@@ -296,8 +299,6 @@ def write_phrasecut(root: str | Path, counts: dict, size: int, seed: int = 0) ->
     """VGPhraseCut_v0 layout via ``ldznet.data.phrasecut.write_phrasecut_split`` (photo style).
 
     `counts` = {split: images}; every phrase of an image is a task; polygons are the scene's own."""
-    from ldznet.data.phrasecut import write_phrasecut_split
-
     written = {}
     next_id = 1_000_000
     for split_index, (split, n) in enumerate(counts.items()):
@@ -321,8 +322,6 @@ def write_phrasecut(root: str | Path, counts: dict, size: int, seed: int = 0) ->
 def write_aigi(root: str | Path, n: int, size: int, seed: int = 0) -> dict:
     """AIGI layout via ``ldznet.data.aigi.write_aigi_sample``: illustration style, one mask per prompt
     (categorical prompts: "star", "red star", "water", ...; a prompt's mask covers all its regions)."""
-    from ldznet.data.aigi import write_aigi_sample
-
     prompts = 0
     for k, rng, scene in tqdm(_scenes(seed * 1000 + 77, int(n), size), total=int(n), desc="AIGI", leave=False):
         image = render(scene, "illustration", rng)
@@ -342,8 +341,6 @@ def write_refcoco(root: str | Path, n: int, size: int, seed: int = 0,
     """refer layout via ``ldznet.data.refcoco.write_refer_dataset`` for RefCOCO (unc), RefCOCO+ (unc) and
     G-Ref (umd): photo-style scenes with several same-category objects, COCO polygon segmentations. The
     models are only evaluated on them (zero-shot, §3.4.3), so every ref goes to one `split`."""
-    from ldznet.data.refcoco import write_refer_dataset
-
     counts = {}
     for d, dataset in enumerate(datasets):
         samples, refs = [], 0

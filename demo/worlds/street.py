@@ -396,6 +396,8 @@ VKITTI_WORLDS = ("0001", "0002", "0006", "0018", "0020")
 def write_vkitti(root: str | Path, worlds: int, frames: int, size, variations=("clone",), seed: int = 0,
                 workers: int = 1) -> list:
     """Virtual KITTI 1.3.1 layout via ``sharingan.data.vkitti``; returns the RGB entries (+ ``trainA.txt``)."""
+    # deferred: the spawned render workers (_render_job) import this module, and the writers bring torch (+1.3 s
+    # per worker, measured)
     from sharingan.data.images import write_rgb
     from sharingan.data.vkitti import V1_RGB, depth_path_for, write_depth_png_cm, write_vkitti_list
 
@@ -427,6 +429,7 @@ def write_kitti(root: str | Path, drives: dict, size, seed: int = 0, date: str =
     (as some real frames); only the training list may contain it. `style` "synthetic" re-renders the same
     drives (same seeds: identical geometry and scans) in vKITTI's appearance (demo/domain_gap.py); `splits`
     limits the writing to some splits without changing any drive's seed."""
+    # deferred, as in write_vkitti
     from sharingan.data.images import write_rgb
     from sharingan.data.kitti import KittiEntry, write_calib_files, write_kitti_list, write_velodyne_bin
 
@@ -467,6 +470,7 @@ def write_kitti(root: str | Path, drives: dict, size, seed: int = 0, date: str =
 
 def write_make3d(root: str | Path, n: int, size, seed: int = 0) -> list[str]:
     """Make3D Test134 layout via ``sharingan.data.make3d``: portrait JPEGs + v5 .mat laser grids."""
+    # deferred, as in write_vkitti
     from sharingan.data.images import write_rgb
     from sharingan.data.make3d import write_make3d_mat
 
