@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch  # loaded anyway by common.config (through common.checkpoints): no start-up cost
 
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs is not None:
         overrides.append(f"jobs={args.jobs}")
     cfg = load_config(config, overrides)
+    cfg.out = str(Path(str(cfg.out)).resolve())  # results name files by absolute path: readable from anywhere
     stages = build_stages(cfg)
     if args.list:
         for stage in stages:
