@@ -41,14 +41,22 @@ ALL_STAGES = ("verify", "pretrain_generator", "pretrain_task", "train", "evaluat
 
 
 def row_config(base: DictConfig, row_file: Path, overrides: Sequence[str]) -> DictConfig:
-    """The pipeline config with a row experiment's own keys on top, then the overrides."""
+    """The pipeline config with a row experiment's own keys on top, then the overrides.
+
+    A row whose file sets `schedule.train_iterations: 0` *is* an untrained row (the all-synthetic baseline
+    of Table 2.1 = T after stage 2): an override that lengthens the end-to-end stage of every row (e.g.
+    `schedule.train_iterations=300`) must not turn it into a trained one, which would make it a copy of the
+    "no SharinGAN" row."""
     if not row_file.is_file():
         raise FileNotFoundError(f"pipeline row experiment not found: {row_file}")
     delta = OmegaConf.load(row_file)
     delta.pop("defaults", None)
     cfg = OmegaConf.merge(base, delta)
     cfg.pop("pipeline", None)
-    return apply_overrides(cfg, [o for o in overrides if not o.lstrip("+").startswith("pipeline.")])
+    cfg = apply_overrides(cfg, [o for o in overrides if not o.lstrip("+").startswith("pipeline.")])
+    if OmegaConf.select(delta, "schedule.train_iterations") == 0:
+        cfg.schedule.train_iterations = 0
+    return cfg
 
 
 def combine_seeds(per_seed: Sequence[dict], seeds: Sequence[int]) -> dict:

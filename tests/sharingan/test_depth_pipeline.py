@@ -158,3 +158,17 @@ def test_verify_names_the_missing_root_and_how_to_set_it(data):
     cfg = load_config(TINY, [*data, "data.kitti.test_list=/nonexistent/test.txt"])
     with pytest.raises(FileNotFoundError, match="/nonexistent/test.txt"):
         verify_data(cfg, ["evaluate"])
+
+
+def test_an_untrained_row_stays_untrained_when_every_row_is_lengthened():
+    """The all-synthetic row (train_iterations 0 in its file) is T after stage 2; an override that lengthens the
+    end-to-end stage of every row must not train it (it would become a copy of the "no SharinGAN" row: the
+    miniature's study found the two rows identical to the last weight)."""
+    from sharingan.pipeline import row_config
+
+    chapter2 = REPO_ROOT / "experiments" / "chapter2"
+    base = load_config(chapter2 / "depth_tiny.yaml", ["schedule.train_iterations=300"])
+    overrides = ["schedule.train_iterations=300"]
+    assert row_config(base, chapter2 / "depth_all_synthetic.yaml", overrides).schedule.train_iterations == 0
+    assert row_config(base, chapter2 / "depth_no_sharingan.yaml", overrides).schedule.train_iterations == 300
+    assert row_config(base, chapter2 / "depth_sharingan.yaml", overrides).schedule.train_iterations == 300
