@@ -10,7 +10,8 @@ random streams, so the scenes and the ground truth are identical and only the ap
 - faces: the Photoface-layout test faces under the same four lights in the SfSNet style
   (`demo.worlds.faces.write_photoface(style=...)`; the real style's normals and skin masks), scored by MAE.
 
-Every row of a finished run (each training seed) and the floor are scored by the chapter's own `evaluate` on
+Every row of a finished run (each training seed), the task network at the end of its synthetic-only pretraining
+(stage 2: Table 2.1's all-synthetic baseline) and the floor are scored by the chapter's own `evaluate` on
 both versions: gap = error(real style) - error(synthetic style). A row that suffers from the gap has a
 positive gap (AbsRel, RMSE, MAE) or a negative one (delta < 1.25); the floor ignores its input, so its gap is
 0 by construction (a check of the set-up). If the rows show no gap, the world cannot show SharinGAN's benefit,
@@ -46,6 +47,7 @@ from demo.worlds.street import write_kitti
 from sharingan.checkpoints import load_networks
 from sharingan.tasks import load_task
 
+PRETRAINED_ROW = "T after stage 2 (pretraining on synthetic only)"  # = the all-synthetic row of Table 2.1
 # per chapter stage: (metric key, label) pairs; a positive gap = worse on the real style, except delta < 1.25
 METRICS = {"depth": (("abs_rel", "AbsRel"), ("rmse", "RMSE (m)"), ("a1", "δ<1.25")),
            "faces": (("mae_deg", "MAE (deg)"), ("lt30", "% < 30 deg"))}
@@ -119,7 +121,11 @@ def measure(run_root: str | Path, stage: str = "depth", out: str | Path | None =
     rows = {spec["floor"]: {"-": scores(first, spec["floor_networks"](first["real"]))}}
     for seed in seeds:
         cfgs = configs(seed)
-        for name, checkpoint in entry["result"]["seeds"][seed]["checkpoints"].items():
+        result_of_seed = entry["result"]["seeds"][seed]
+        checkpoints = dict(result_of_seed["checkpoints"])
+        if (result_of_seed.get("pretrained") or {}).get("task_network"):  # T at the end of stage 2
+            checkpoints[PRETRAINED_ROW] = result_of_seed["pretrained"]["task_network"]
+        for name, checkpoint in checkpoints.items():
             if checkpoint:
                 networks, _, _ = load_networks(checkpoint, spec["task"])
                 rows.setdefault(name, {})[seed] = scores(cfgs, networks)

@@ -648,7 +648,11 @@ def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs") -> lis
     figures.mkdir(parents=True)
     for png in sorted((out / "figures").glob("*.png")):
         shutil.copy2(png, figures / png.name)
-    text = (out / "REPORT.md").read_text().replace("](figures/", "](demo-study/")
+    probe = out / "probe" / "probe_ap.png"
+    if probe.is_file():
+        shutil.copy2(probe, figures / probe.name)
+    text = (out / "REPORT.md").read_text().replace("](figures/", "](demo-study/").replace(
+        "](probe/probe_ap.png)", "](demo-study/probe_ap.png)")
     notes = docs / "demo-study-notes.md"
     text += "\n\n" + (notes.read_text() if notes.is_file() else
                         "## Why the claims not reproduced are not\n\nNo diagnosis written yet "
