@@ -77,17 +77,17 @@ def fixture_images(tmp_path_factory):
     return paths
 
 
-def _identical(new, old):
-    assert new.dtype == old.dtype and new.shape == old.shape
-    assert np.array_equal(new, old)
+def _identical(new, old) -> bool:
+    """Same dtype, same shape, same values."""
+    return new.dtype == old.dtype and new.shape == old.shape and np.array_equal(new, old)
 
 
 def test_uint8_reader_matches_the_depth_reader_including_pillow_resizing(fixture_images):
     for path in fixture_images.values():
-        _identical(read_rgb(path, "KITTI image"), old_depth_read_rgb(path, "KITTI image"))
+        assert _identical(read_rgb(path, "KITTI image"), old_depth_read_rgb(path, "KITTI image")), path
         for interpolation in ("bicubic", "bilinear"):  # the call sites' Pillow resize (issue 12 parity)
-            _identical(resize(read_rgb(path), (12, 40), interpolation),
-                       resize(old_depth_read_rgb(path), (12, 40), interpolation))
+            assert _identical(resize(read_rgb(path), (12, 40), interpolation),
+                              resize(old_depth_read_rgb(path), (12, 40), interpolation)), (path, interpolation)
 
 
 def test_uint8_reader_matches_the_chapter3_reader_and_logs_the_same_note(fixture_images, caplog):
@@ -100,7 +100,7 @@ def test_uint8_reader_matches_the_chapter3_reader_and_logs_the_same_note(fixture
             caplog.clear()
             new = read_rgb(path, log=log)
             new_records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
-        _identical(new, old)
+        assert _identical(new, old), path
         assert new_records == old_records
     assert any(name == "rgba.png" for name in fixture_images)  # a file whose note is logged is among them
 
@@ -108,7 +108,7 @@ def test_uint8_reader_matches_the_chapter3_reader_and_logs_the_same_note(fixture
 def test_unit_float_reader_matches_the_face_reader(fixture_images):
     for path in fixture_images.values():
         new, old = read_rgb(path, "image file", pixels="unit_float"), old_face_read_rgb(path)
-        _identical(new, old)
+        assert _identical(new, old), path
         assert new.dtype == np.float32 and 0.0 <= new.min() and new.max() <= 1.0
     # 16-bit precision kept: value / 65535, not value / 257 rounded to 8 bits
     stored, _ = read_image(fixture_images["rgb16.png"])
