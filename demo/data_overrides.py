@@ -4,6 +4,9 @@ stages of `demo.plan` and by the floors of `demo.floors`)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from common.config import load_config
 
 
 def depth_data_overrides(world: Path) -> list[str]:
@@ -29,3 +32,14 @@ def ldznet_data_overrides(world: Path, ldm: Path) -> list[str]:
     return [f"model.stable_diffusion.path={ldm}", f"data.train.root={roots['phrasecut']}",
             f"data.val.root={roots['phrasecut']}"] + [
         f"pipeline.evaluation.datasets.{name}.root={roots[name]}" for name in EVAL_SETS]
+
+
+def ldznet_seed_config(ctx: Any, seed: int, out: Path):
+    """The Chapter-3 config of a demo stage (`ctx.config`: config path + overrides) for one training seed, on
+    the shape world and the tiny LDM, with the pipeline's outputs under `out` (used by the `ldznet_train`,
+    `ldznet` and segmentation-floor stages)."""
+    c = ctx.config
+    world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
+    overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
+        f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
+    return load_config(c["config"], overrides)

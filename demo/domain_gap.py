@@ -34,14 +34,7 @@ from omegaconf import OmegaConf
 from common.checkpoints import write_json, write_text
 from common.config import load_config
 from demo.data_overrides import depth_data_overrides, faces_data_overrides
-from demo.floors import (
-    DEPTH_FLOOR,
-    FACES_FLOOR,
-    ConstantDepthNetwork,
-    ConstantFaceNetwork,
-    mean_training_depth,
-    mean_training_lighting,
-)
+from demo.floors import DEPTH_FLOOR, FACES_FLOOR, depth_floor_networks, faces_floor_networks
 from demo.worlds.faces import write_photoface
 from demo.worlds.street import write_kitti
 from sharingan.checkpoints import load_networks
@@ -80,13 +73,11 @@ def synthetic_style_faces(run_root: Path, out: Path) -> list[str]:
 TASKS = {  # chapter stage -> (task, world stage, data overrides, benchmark, evaluation-only overrides, floor, ...)
     "depth": {"task": "depth", "world": "world_street", "data": depth_data_overrides, "benchmark": "kitti_eigen_cap80",
               "only": ["eval.benchmarks=[kitti_eigen]"], "floor": DEPTH_FLOOR,
-              "floor_networks": lambda cfg: {"generator": None,
-                                             "task_network": ConstantDepthNetwork(mean_training_depth(cfg))},
+              "floor_networks": depth_floor_networks,
               "synthetic_style": synthetic_style_depth},
     "faces": {"task": "normals", "world": "world_faces", "data": faces_data_overrides, "benchmark": "photoface",
               "only": ["data.multipie_root=null"], "floor": FACES_FLOOR,
-              "floor_networks": lambda cfg: {"generator": None,
-                                             "task_network": ConstantFaceNetwork(mean_training_lighting(cfg))},
+              "floor_networks": faces_floor_networks,
               "synthetic_style": synthetic_style_faces},
 }
 

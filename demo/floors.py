@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from common.config import load_config
-from demo.data_overrides import depth_data_overrides, faces_data_overrides, ldznet_data_overrides
+from demo.data_overrides import depth_data_overrides, faces_data_overrides, ldznet_seed_config
 from demo.per_image import (
     depth_per_image,
     faces_per_image,
@@ -38,7 +38,7 @@ from demo.per_image import (
     save_per_image,
     segmentation_curves,
 )
-from demo.stages import StageContext
+from demo.stages import StageContext, seed_of
 
 # Chapter code (sharingan.*, ldznet.*) is imported inside the stage functions: demo.plan imports this module for
 # `python -m demo --list` and for every worker process, which must not need the chapters (a missing one is reported
@@ -183,23 +183,27 @@ def _chapter2_floor(ctx: StageContext, task_name: str, world_stage: str, stage: 
     return {"floors": {row: floor}, "per_image": str(path), "agreement": agreement}
 
 
-def run_floors_depth(ctx: StageContext) -> dict:
+def depth_floor_networks(cfg) -> dict[str, nn.Module | None]:
+    """The depth table's floor as "networks" for the chapter's evaluate: no G, T = the per-pixel mean map."""
     from sharingan.tasks.depth import vkitti_entries
 
-    def networks(cfg):
-        print(f"[floors] mean depth over {len(vkitti_entries(cfg))} synthetic training labels")
-        return {"generator": None, "task_network": ConstantDepthNetwork(mean_training_depth(cfg))}
+    print(f"[floors] mean depth over {len(vkitti_entries(cfg))} synthetic training labels")
+    return {"generator": None, "task_network": ConstantDepthNetwork(mean_training_depth(cfg))}
 
-    return _chapter2_floor(ctx, "depth", "world_street", "depth", depth_data_overrides, DEPTH_FLOOR, networks,
-                           depth_per_image)
+
+def faces_floor_networks(cfg) -> dict[str, nn.Module | None]:
+    """The face tables' floor: no G, T = frontal normal with the mean training lighting."""
+    return {"generator": None, "task_network": ConstantFaceNetwork(mean_training_lighting(cfg))}
+
+
+def run_floors_depth(ctx: StageContext) -> dict:
+    return _chapter2_floor(ctx, "depth", "world_street", "depth", depth_data_overrides, DEPTH_FLOOR,
+                           depth_floor_networks, depth_per_image)
 
 
 def run_floors_faces(ctx: StageContext) -> dict:
-    def networks(cfg):
-        return {"generator": None, "task_network": ConstantFaceNetwork(mean_training_lighting(cfg))}
-
-    return _chapter2_floor(ctx, "normals", "world_faces", "faces", faces_data_overrides, FACES_FLOOR, networks,
-                           faces_per_image)
+    return _chapter2_floor(ctx, "normals", "world_faces", "faces", faces_data_overrides, FACES_FLOOR,
+                           faces_floor_networks, faces_per_image)
 
 
 def fit_image_only(ctx: StageContext, part: str, folder: Path) -> dict:
@@ -209,14 +213,10 @@ def fit_image_only(ctx: StageContext, part: str, folder: Path) -> dict:
     from ldznet.pipeline import variant_config
     from ldznet.train import train
 
-    c = ctx.config
-    world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
-    variant = str(c["image_only_variant"])
-    seed = int(part.removeprefix("seed"))
+    world = ctx.path_of("world_shapes")
+    variant = str(ctx.config["image_only_variant"])
     blind = write_prompt_blind_phrasecut(world / "phrasecut", folder / "phrasecut_prompt_blind")
-    overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
-        f"pipeline.out={folder / 'pipeline'}", f"pipeline.runs_root={folder / 'runs'}", f"seed={seed}"]
-    cfg = variant_config(load_config(c["config"], overrides), variant)
+    cfg = variant_config(ldznet_seed_config(ctx, seed_of(part), folder), variant)
     cfg.experiment = f"{variant}_image_only"
     cfg.data.train.root = str(blind)
     cfg.data.val.root = str(blind)
@@ -232,16 +232,9 @@ def run_floors_segmentation(ctx: StageContext) -> dict:
     from ldznet.pipeline import METHOD_NAMES, evaluation_nodes
 
     c = ctx.config
-    world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
     variant = str(c["image_only_variant"])
-
-    def config(seed: int, out: Path):
-        overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
-            f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
-        return load_config(c["config"], overrides)
-
     image_only = dict(ctx.results["floor_image_only"]["seeds"])
-    cfg = config(c["seeds"][0], ctx.out_dir)
+    cfg = ldznet_seed_config(ctx, c["seeds"][0], ctx.out_dir)
     evaluation = cfg.pipeline.evaluation
     loaders = {}
     for name, node in evaluation_nodes(cfg).items():

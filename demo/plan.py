@@ -29,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.config import EXPERIMENTS_ROOT, load_config
 from demo import floors
-from demo.data_overrides import depth_data_overrides, faces_data_overrides, ldznet_data_overrides
-from demo.stages import Stage, StageContext, StageNotRunnable, plain
+from demo.data_overrides import depth_data_overrides, faces_data_overrides, ldznet_seed_config
+from demo.stages import Stage, StageContext, StageNotRunnable, plain, seed_of
 
 DEMO_EXPERIMENTS = EXPERIMENTS_ROOT / "demo"
 
@@ -127,11 +127,6 @@ def _read_rows(summary: dict) -> dict[str, dict]:
     return rows
 
 
-def seed_of(part: str) -> int:
-    """'seed3' or 'seed3_rgbnet' -> 3 (the part names of the per-seed stages)."""
-    return int(part.removeprefix("seed").split("_", 1)[0])
-
-
 def run_chapter2_seed(task: str, world_stage: str, overrides_for, ctx: StageContext, part: str, folder: Path) -> dict:
     """One training seed of a Chapter-2 stage: `sharingan.pipeline` (pretraining, every row, evaluation)."""
     from sharingan.pipeline import run_pipeline
@@ -149,14 +144,6 @@ def combine_seeds(ctx: StageContext, **extra) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- chapter 3
-
-def ldznet_seed_config(ctx: StageContext, seed: int, out: Path) -> DictConfig:
-    c = ctx.config
-    world, ldm = ctx.path_of("world_shapes"), ctx.path_of("tiny_ldm") / "stable_diffusion"
-    overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
-        f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
-    return load_config(c["config"], overrides)
-
 
 def ldznet_variants(config: dict) -> list[str]:
     composed_config = config.get("composed") or {}

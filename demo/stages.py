@@ -4,9 +4,9 @@ Each stage has a name, a config (plain data) and the stages it needs. Its key is
 of its upstream stages' keys and of the source of the code it names (`Stage.code`), so changing one idea,
 in a YAML file or in the chapter code, re-runs that stage and everything after it, and nothing else. On
 success the stage writes ``<out>/<name>/DONE.json`` (key, config, result, wall and CPU seconds); a second
-run with the same key skips it (``--force`` re-runs everything, ``--only NAME`` one stage). Inside a stage,
-`StageContext.cached` caches parts (one per training seed) under the same key, so an interrupted stage
-resumes at its first unfinished seed (``STARTED.json`` holds the key of the attempt).
+run with the same key skips it (``--force`` re-runs everything, ``--only NAME`` one stage). A stage's
+*parts* (`Stage.parts`, one per training seed) are cached under the same key (``<part>/PART_DONE.json``), so
+an interrupted stage resumes at its unfinished parts (``STARTED.json`` holds the key of the attempt).
 
 A stage whose chapter code is missing is *not run*, with the reason (the missing module); a stage that
 raises is *failed*, with the error and the traceback in ``<out>/<name>/FAILED.json``; stages that need
@@ -74,23 +74,10 @@ class StageContext:
     def path_of(self, stage: str) -> Path:
         return self.root / stage
 
-    def cached(self, part: str, compute: Callable[[Path], Mapping[str, Any]]) -> dict:
-        """Run `compute(<out_dir>/<part>)` once per stage key (e.g. one training seed) and reuse its result in
-        a later attempt of the same stage: a stage killed after two of three seeds resumes at the third.
-        A part folder without its `PART_DONE.json` (interrupted) is removed and run again."""
-        folder = self.out_dir / part
-        marker = folder / "PART_DONE.json"
-        previous = read_marker(marker)
-        if previous and previous.get("key") == self.key:
-            tqdm.write(f"[demo] {self.name}/{part}: reused (finished in an earlier attempt)")
-            return dict(previous.get("result", {}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        start = time.perf_counter()
-        result = dict(compute(folder) or {})
-        write_json(marker, {"key": self.key, "result": result, "seconds": time.perf_counter() - start})
-        return result
+
+def seed_of(part: str) -> int:
+    """'seed3' or 'seed3_rgbnet' -> 3 (the part names of the per-seed stages)."""
+    return int(part.removeprefix("seed").split("_", 1)[0])
 
 
 def plain(config: Any) -> Any:

@@ -167,21 +167,22 @@ def test_probe_claim_region():
 def test_an_interrupted_stage_resumes_at_its_first_unfinished_seed(tmp_path):
     calls, kill = [], [True]
 
+    def part(ctx, name, folder):
+        seed = int(name.removeprefix("seed"))
+        calls.append(seed)
+        if seed == 1 and kill:
+            kill.clear()
+            raise RuntimeError("killed during seed 1")
+        (folder / "weights.txt").write_text(str(seed))
+        return {"seed": seed}
+
     def per_seed(ctx):
-        out = {}
-        for seed in (0, 1, 2):
-            def part(folder, seed=seed):
-                calls.append(seed)
-                if seed == 1 and kill:
-                    kill.clear()
-                    raise RuntimeError("killed during seed 1")
-                (folder / "weights.txt").write_text(str(seed))
-                return {"seed": seed}
+        return {name.removeprefix("seed"): result for name, result in ctx.parts.items()}
 
-            out[str(seed)] = ctx.cached(f"seed{seed}", part)
-        return out
+    def chapter(config):
+        return Stage("chapter", per_seed, config, parts=("seed0", "seed1", "seed2"), run_part=part)
 
-    stages = [Stage("chapter", per_seed, {"x": 1})]
+    stages = [chapter({"x": 1})]
     first = StageRunner(tmp_path, progress=False).run(stages)
     assert first["chapter"]["status"] == FAILED and calls == [0, 1]
     second = StageRunner(tmp_path, progress=False).run(stages)
@@ -189,7 +190,7 @@ def test_an_interrupted_stage_resumes_at_its_first_unfinished_seed(tmp_path):
     assert second["chapter"]["result"] == {"0": {"seed": 0}, "1": {"seed": 1}, "2": {"seed": 2}}
     assert not (tmp_path / "chapter" / "FAILED.json").exists()
     calls.clear()
-    changed = [Stage("chapter", per_seed, {"x": 2})]  # another key: no part is reused
+    changed = [chapter({"x": 2})]  # another key: no part is reused
     StageRunner(tmp_path, progress=False).run(changed)
     assert calls == [0, 1, 2]
 
