@@ -209,6 +209,7 @@ class DepthLossWeights:
     l1: float = 100.0
     geometric_consistency: float = 100.0
     max_depth: float = 80.0
+    pretrain_all_scales: bool = False
 
 
 class DepthTaskLoss:
@@ -216,7 +217,9 @@ class DepthTaskLoss:
 
     synthetic: β2 · multi-scale L1 to the vKITTI depth (normalised to [-1, 1]);
     real: β3 · L_GC + β1 · L_DS on KITTI stereo (original images, not G's output);
-    pretrain: L1 of the full-resolution output only (the official stage-2 "PTNet" loss).
+    pretrain: L1 of the full-resolution output only (the official stage-2 "PTNet" loss), or with
+    `pretrain_all_scales` the multi-scale L1 of eq. 2.5 that the end-to-end stage uses (docs/chapter2-depth.md,
+    "Pretraining T's coarse outputs": the official choice leaves the three coarse outputs untrained).
     Predictions are the task network's 4 outputs, coarse to fine.
     """
 
@@ -238,4 +241,7 @@ class DepthTaskLoss:
 
     def pretrain(self, predictions: Sequence[Tensor], batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         l1 = F.l1_loss(predictions[-1], batch["depth"])
-        return l1, {"pretrain/l1_full_resolution": l1.detach()}
+        if not self.weights.pretrain_all_scales:
+            return l1, {"pretrain/l1_full_resolution": l1.detach()}
+        total = multiscale_l1_loss(predictions, batch["depth"])
+        return total, {"pretrain/l1_full_resolution": l1.detach(), "pretrain/l1_all_scales": total.detach()}

@@ -420,6 +420,12 @@ def write_vkitti(root: str | Path, worlds: int, frames: int, size, variations=("
     return entries
 
 
+def kitti_drive_seed(seed: int, number: int) -> int:
+    """The scene seed of KITTI drive `number` (1-based, in the order train, val, test) of world `seed`: tests
+    re-render a drive with it to get the dense true depth that the KITTI layout does not store."""
+    return seed * 1000 + 500 + number
+
+
 def write_kitti(root: str | Path, drives: dict, size, seed: int = 0, date: str = "2011_09_26",
                 missing_velodyne: bool = True, workers: int = 1, style: str = "real",
                 splits: Sequence[str] | None = None) -> dict:
@@ -441,7 +447,7 @@ def write_kitti(root: str | Path, drives: dict, size, seed: int = 0, date: str =
                       left_offset=-CAM2_X)
     plan = [(split, d, int(frames)) for split, (n_drives, frames) in drives.items() for d in range(int(n_drives))]
     wanted = set(drives) if splits is None else set(splits)
-    jobs = [((seed * 1000 + 500 + number, frames, camera, style), {"stereo": True, "lidar": True})
+    jobs = [((kitti_drive_seed(seed, number), frames, camera, style), {"stereo": True, "lidar": True})
             for number, (split, _, frames) in enumerate(plan, start=1) if split in wanted]
     sequences = iter(render_sequences(jobs, workers, "KITTI drives"))
     lists, drive_number = {}, 1

@@ -188,7 +188,8 @@ def build_task_loss(cfg: DictConfig) -> DepthTaskLoss:
     node = cfg.loss
     return DepthTaskLoss(DepthLossWeights(smoothness=float(node.smoothness), l1=float(node.l1),
                                           geometric_consistency=float(node.geometric_consistency),
-                                          max_depth=float(node.max_depth)))
+                                          max_depth=float(node.max_depth),
+                                          pretrain_all_scales=bool(node.pretrain_all_scales)))
 
 
 # ---------------------------------------------------------------------------------------------- display

@@ -275,3 +275,39 @@ def test_photoface_synthetic_style_rerender_keeps_labels(tmp_path):
     assert all((tmp_path / "real" / f).read_bytes() != (tmp_path / "syn" / f).read_bytes() for f in images)
     with pytest.raises(ValueError, match="style"):
         write_photoface(tmp_path / "bad", 1, 1, 1, 24, style="cartoon")
+
+
+def test_kitti_stereo_pairs_favour_the_true_depth(tmp_path):
+    """The depth chain of the street world (writer -> calib_cam_to_cam.txt -> KittiStereoDataset's f·B ->
+    warp -> L_GC, eq. 2.7): on the written real-layout pairs, the renderer's dense true depth gives a lower
+    geometric-consistency loss than that depth scaled by 0.7 or 1.5 and than constant depths, at all four
+    scales (docs/chapter2-depth.md, "Pretraining T's coarse outputs")."""
+    import torch
+
+    from sharingan.data.kitti import KittiStereoDataset, read_kitti_list
+    from sharingan.losses import geometric_consistency_loss, scale_pyramid
+
+    size, frames = (48, 160), 4
+    street.write_kitti(tmp_path, {"train": (1, frames)}, size, seed=2)
+    dataset = KittiStereoDataset(tmp_path, read_kitti_list(tmp_path / "train.txt"), size=size, augment=False,
+                                 rotation_degrees=0.0)
+    camera = street.Camera.kitti_like(*size)
+    rendered = street.render_street_sequence(street.kitti_drive_seed(2, 1), frames, camera, "real", stereo=True)
+    samples = [dataset[k] for k in range(frames)]
+    written = torch.stack([s["image"] for s in samples])
+    again = torch.from_numpy(np.stack([f["image"] for f in rendered])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert torch.equal(written, again), "the re-rendered drive is not the written one"
+    assert samples[0]["focal_baseline"].item() == pytest.approx(camera.fx * (street.CAM3_X - street.CAM2_X),
+                                                                 rel=1e-5)
+    true_depth = torch.from_numpy(np.stack([np.minimum(f["depth"], 80.0) for f in rendered])).float()[:, None]
+    left = torch.stack([s["image"] for s in samples]) / 2 + 0.5
+    right = torch.stack([s["right"] for s in samples]) / 2 + 0.5
+    focal_baseline = torch.stack([s["focal_baseline"] for s in samples])
+
+    def loss(depth_m):
+        return geometric_consistency_loss(scale_pyramid(depth_m / 40.0 - 1.0, 4), left, right, focal_baseline).item()
+
+    at_truth = loss(true_depth)
+    for other in (true_depth * 0.7, (true_depth * 1.5).clamp(max=80.0), torch.full_like(true_depth, 20.0),
+                  torch.full_like(true_depth, 80.0)):
+        assert at_truth < 0.97 * loss(other)

@@ -220,3 +220,17 @@ def test_loss_weights_have_no_defaults_in_code():
         SharinGANWeights(adversarial=1.0, reconstruction=10.0, task=1.0)
     with pytest.raises(TypeError, match="gradient_penalty_weight"):
         critic_loss(LinearCritic(torch.ones(1, 2, 2)), torch.rand(2, 1, 2, 2), torch.rand(2, 1, 2, 2))
+
+
+def test_pretraining_on_all_scales_uses_the_multiscale_l1():
+    """`loss.pretrain_all_scales`: stage 2 minimises eq. 2.5 over T's four outputs instead of the official
+    full-resolution L1 (docs/chapter2-depth.md, "Pretraining T's coarse outputs")."""
+    target = torch.zeros(1, 1, 16, 32)
+    predictions = [torch.full((1, 1, 16 // 2**k, 32 // 2**k), value) for k, value in zip((3, 2, 1, 0),
+                                                                                        (0.4, 0.3, 0.2, 0.1))]
+    official, terms = DepthTaskLoss(DepthLossWeights()).pretrain(predictions, {"depth": target})
+    assert official.item() == pytest.approx(0.1, rel=1e-5) and set(terms) == {"pretrain/l1_full_resolution"}
+    every_head, terms = DepthTaskLoss(DepthLossWeights(pretrain_all_scales=True)).pretrain(predictions,
+                                                                                          {"depth": target})
+    assert every_head.item() == pytest.approx(0.4 + 0.3 + 0.2 + 0.1, rel=1e-5)
+    assert terms["pretrain/l1_full_resolution"].item() == pytest.approx(0.1, rel=1e-5)
