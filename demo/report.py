@@ -547,19 +547,21 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
                      if study else f"Cite the study's verdicts ({STUDY_REPORT}, `make demo-study`) instead; it has "
                                    "not been published in this checkout yet."), ""]
     lines += ["## Stages", "",
-              "Wall time depends on the machine's load; CPU time (all threads and worker processes) does not.", "",
-              "| stage | status | wall (s) | CPU (s) | what |", "|---|---|---|---|---|"]
-    totals = [0.0, 0.0]
+              "Wall time depends on the machine's load; CPU time (all threads and worker processes) does not. A "
+              "stage's wall time counts from the moment its inputs were ready, so with several workers it includes "
+              "waiting for a free worker, and the stages overlap: their walls are not added up (the run's own wall "
+              "time is in the first line).", "",
+              "| stage | status | wall from ready (s) | CPU (s) | what |", "|---|---|---|---|---|"]
+    cpu_total = 0.0
     for name, entry in status.items():
         seconds_run = entry.get("seconds") if entry.get("seconds") is not None else entry.get("ran_seconds")
         cpu = entry.get("cpu_seconds")
-        totals[0] += seconds_run or 0.0
-        totals[1] += cpu or 0.0
+        cpu_total += cpu or 0.0
         state = entry["status"] + (f": {entry['reason']}" if entry.get("reason") else "")
         if entry["status"] == "cached":
             state += " (reused; times of the run that made it)"
         lines.append(f"| {name} | {state} | {_num(seconds_run)} | {_num(cpu)} | {entry.get('description', '')} |")
-    lines.append(f"| all stages | | {totals[0]:.0f} | {totals[1]:.0f} | |")
+    lines.append(f"| all stages | | | {cpu_total:.0f} | |")
     depth_rows, face_rows, seg_rows = {}, {}, {}
     sections = []
 
