@@ -25,7 +25,7 @@ from common.config import load_config
 from demo.plan import DEMO_EXPERIMENTS, build_stages
 from demo.report import publish_study, write_report  # ~0.01 s of `--list` (measured)
 from demo.stages import StageRunner
-from demo.verdicts import verdict_flips
+from demo.verdicts import verdict_comparison, verdict_flips
 
 
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -56,8 +56,9 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
     if args.compare_verdicts:
-        first, second = (json.loads(open(path).read())["claims"] for path in args.compare_verdicts)
-        flips = verdict_flips(first, second)
+        first, second = (json.loads(open(path).read()) for path in args.compare_verdicts)
+        print(verdict_comparison(first, second))
+        flips = verdict_flips(first["claims"], second["claims"])
         print(f"{len(flips)} claim(s) flip between reproduced and contradicted" + "".join(f"\n  {c}" for c in flips))
         return 1 if flips else 0
     if args.publish and not args.study:

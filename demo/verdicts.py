@@ -152,3 +152,32 @@ def verdict_flips(first: dict[str, str], second: dict[str, str]) -> list[str]:
     opposite = {REPRODUCED: CONTRADICTED, CONTRADICTED: REPRODUCED}
     return sorted(claim for claim, verdict in first.items()
                   if verdict in opposite and second.get(claim) == opposite[verdict])
+
+
+def _margin_text(margins: dict, claim: str) -> str:
+    entry = margins.get(claim) or {}
+    if entry.get("margin") is None:
+        return ""
+    se = entry.get("se")
+    return f"{entry['margin']:+.3g}" + (f" ± {se:.2g}" if se is not None else "") + f" ({entry.get('metric', '?')})"
+
+
+def verdict_comparison(first: dict, second: dict) -> str:
+    """Markdown table of two studies' verdicts side by side (the stability check of `python -m demo
+    --compare-verdicts`): each claim's verdict and mean margin ± seed SE in both, and whether it flips between
+    reproduced and contradicted. `first`, `second`: whole verdicts.json documents."""
+    flips = set(verdict_flips(first["claims"], second["claims"]))
+
+    def label(document: dict) -> str:
+        start = document.get("first_seed")
+        count = document.get("seeds")
+        seeds = f"seeds {start}-{start + count - 1}" if isinstance(start, int) and isinstance(count, int) else "?"
+        return f"{seeds}, code {str(document.get('code_version', '?'))[:7]}"
+
+    lines = [f"| claim | verdict ({label(first)}) | margin ± seed SE | verdict ({label(second)}) | margin ± seed SE "
+             "| flips? |", "|---|---|---|---|---|---|"]
+    for claim in list(first["claims"]) + [c for c in second["claims"] if c not in first["claims"]]:
+        lines.append(f"| {claim} | {first['claims'].get(claim, '(absent)')} | "
+                     f"{_margin_text(first.get('margins', {}), claim)} | {second['claims'].get(claim, '(absent)')} | "
+                     f"{_margin_text(second.get('margins', {}), claim)} | {'**yes**' if claim in flips else 'no'} |")
+    return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ from demo.verdicts import (
     miou_best_statistic,
     paired_margins,
     standard_error,
+    verdict_comparison,
     verdict_flips,
 )
 
@@ -117,3 +118,16 @@ def test_verdict_flips_only_counts_reproduced_against_contradicted():
     second = {"a": CONTRADICTED, "b": REPRODUCED, "c": INCONCLUSIVE, "d": CONTRADICTED, "e": UNTESTABLE}
     assert verdict_flips(first, second) == ["a", "b"]
     assert verdict_flips(first, first) == []
+
+
+def test_verdict_comparison_lists_both_studies_and_marks_flips():
+    first = {"claims": {"a": REPRODUCED, "b": INCONCLUSIVE}, "seeds": 3, "first_seed": 0, "code_version": "abcdef123",
+             "margins": {"a": {"metric": "abs_rel", "margin": 0.05, "se": 0.01}}}
+    second = {"claims": {"a": CONTRADICTED, "b": INCONCLUSIVE, "c": UNTESTABLE}, "seeds": 3, "first_seed": 100,
+              "code_version": "abcdef123", "margins": {}}
+    rows = verdict_comparison(first, second).splitlines()
+    assert "seeds 0-2, code abcdef1" in rows[0] and "seeds 100-102, code abcdef1" in rows[0]
+    by_claim = {row.split(" | ")[0].lstrip("| "): row for row in rows[2:]}
+    assert set(by_claim) == {"a", "b", "c"}
+    assert "+0.05 ± 0.01 (abs_rel)" in by_claim["a"] and by_claim["a"].endswith("| **yes** |")
+    assert by_claim["b"].endswith("| no |") and "(absent)" in by_claim["c"]
