@@ -638,13 +638,14 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     return path
 
 
-def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs") -> list[Path]:
-    """Copy a study's REPORT.md, verdicts.json and figures to docs/demo-study.md, docs/demo-study.json and
-    docs/demo-study/ (figure links rewritten), for committing. The hand-written diagnosis of the claims the
+def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs", name: str = "demo-study") -> list[Path]:
+    """Copy a study's REPORT.md, verdicts.json and figures to docs/<name>.md, docs/<name>.json and
+    docs/<name>/ (figure links rewritten), for committing. The hand-written diagnosis of the claims the
     study does not reproduce (issue: every such claim explained with evidence), docs/demo-study-notes.md, is
-    appended, so that re-publishing never loses it; its absence is said in the page."""
+    appended to the main study's page, so that re-publishing never loses it; its absence is said in the page.
+    Another `name` (the second study of the stability check, e.g. "demo-study-seed100") gets a pointer to it."""
     out, docs = Path(out), Path(docs)
-    figures = docs / "demo-study"
+    figures = docs / name
     if figures.exists():
         shutil.rmtree(figures)
     figures.mkdir(parents=True)
@@ -653,12 +654,17 @@ def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs") -> lis
     probe = out / "probe" / "probe_ap.png"
     if probe.is_file():
         shutil.copy2(probe, figures / probe.name)
-    text = (out / "REPORT.md").read_text().replace("](figures/", "](demo-study/").replace(
-        "](probe/probe_ap.png)", "](demo-study/probe_ap.png)")
+    text = (out / "REPORT.md").read_text().replace("](figures/", f"]({name}/").replace(
+        "](probe/probe_ap.png)", f"]({name}/probe_ap.png)")
     notes = docs / "demo-study-notes.md"
-    text += "\n\n" + (notes.read_text() if notes.is_file() else
-                        "## Why the claims not reproduced are not\n\nNo diagnosis written yet "
-                        "(docs/demo-study-notes.md is missing).\n")
-    write_text(docs / "demo-study.md", text)
-    write_json(docs / "demo-study.json", json.loads((out / "verdicts.json").read_text()))
-    return [docs / "demo-study.md", docs / "demo-study.json", *sorted(figures.glob("*.png"))]
+    if name != "demo-study":
+        text += ("\n\n## Reading this study\n\nThis is the second study of the stability check. The verdicts of "
+                 "both studies side by side, and the diagnosis of every claim not reproduced, are in "
+                 "docs/demo-study.md.\n")
+    else:
+        text += "\n\n" + (notes.read_text() if notes.is_file() else
+                            "## Why the claims not reproduced are not\n\nNo diagnosis written yet "
+                            "(docs/demo-study-notes.md is missing).\n")
+    write_text(docs / f"{name}.md", text)
+    write_json(docs / f"{name}.json", json.loads((out / "verdicts.json").read_text()))
+    return [docs / f"{name}.md", docs / f"{name}.json", *sorted(figures.glob("*.png"))]

@@ -283,3 +283,8 @@ def test_publish_study_appends_the_hand_written_notes_and_keeps_them(tmp_path):
     publish_study(out, docs)  # re-publishing keeps the diagnosis
     page = (docs / "demo-study.md").read_text()
     assert page.startswith("# Report") and page.rstrip().endswith("the world has no domain gap")
+    publish_study(out, docs, name="demo-study-seed100")  # the stability study: its own page, no notes
+    second = (docs / "demo-study-seed100.md").read_text()
+    assert "](demo-study-seed100/curve.png)" in second and "the world has no domain gap" not in second
+    assert "docs/demo-study.md" in second and (docs / "demo-study-seed100" / "curve.png").is_file()
+    assert (docs / "demo-study.md").read_text() == page  # the main study's page is untouched
