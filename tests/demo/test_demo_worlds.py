@@ -285,6 +285,7 @@ def test_kitti_stereo_pairs_favour_the_true_depth(tmp_path):
     import torch
 
     from sharingan.data.kitti import KittiStereoDataset, read_kitti_list
+    from sharingan.data.vkitti import normalise_depth_cm
     from sharingan.losses import geometric_consistency_loss, scale_pyramid
 
     size, frames = (48, 160), 4
@@ -305,7 +306,8 @@ def test_kitti_stereo_pairs_favour_the_true_depth(tmp_path):
     focal_baseline = torch.stack([s["focal_baseline"] for s in samples])
 
     def loss(depth_m):
-        return geometric_consistency_loss(scale_pyramid(depth_m / 40.0 - 1.0, 4), left, right, focal_baseline).item()
+        network_units = normalise_depth_cm(depth_m * 100.0)  # the task network's tanh range, 0..80 m
+        return geometric_consistency_loss(scale_pyramid(network_units, 4), left, right, focal_baseline).item()
 
     at_truth = loss(true_depth)
     for other in (true_depth * 0.7, (true_depth * 1.5).clamp(max=80.0), torch.full_like(true_depth, 20.0),
