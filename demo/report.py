@@ -40,7 +40,8 @@ from demo.verdicts import (
 DEPTH_COLUMNS = ["abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"]
 MAKE3D_COLUMNS = ["abs_rel", "sq_rel", "rmse"]
 STUDY_VERDICTS = REPO_ROOT / "docs" / "demo-study.json"
-STUDY_REPORT = "docs/demo-study.md"
+STUDY_NAME = "demo-study"  # the main study's page: docs/<STUDY_NAME>.md (.json, figures in docs/<STUDY_NAME>/)
+STUDY_REPORT = f"docs/{STUDY_NAME}.md"
 DEPTH_FLOOR = "Floor: per-pixel mean training depth"  # names as in demo/floors.py (not imported: torch-free)
 FACES_FLOOR = "Floor: frontal normal, mean training lighting"
 ALL_FOREGROUND = "Floor: all foreground"
@@ -638,7 +639,7 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     return path
 
 
-def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs", name: str = "demo-study") -> list[Path]:
+def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs", name: str = STUDY_NAME) -> list[Path]:
     """Copy a study's REPORT.md, verdicts.json and figures to docs/<name>.md, docs/<name>.json and
     docs/<name>/ (figure links rewritten), for committing. The hand-written diagnosis of the claims the
     study does not reproduce (issue: every such claim explained with evidence), docs/demo-study-notes.md, is
@@ -657,7 +658,7 @@ def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs", name: 
     text = (out / "REPORT.md").read_text().replace("](figures/", f"]({name}/").replace(
         "](probe/probe_ap.png)", f"]({name}/probe_ap.png)")
     notes = docs / "demo-study-notes.md"
-    if name != "demo-study":
+    if name != STUDY_NAME:
         text += ("\n\n## Reading this study\n\nThis is the second study of the stability check. The verdicts of "
                  "both studies side by side, and the diagnosis of every claim not reproduced, are in "
                  "docs/demo-study.md.\n")
