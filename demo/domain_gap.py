@@ -18,6 +18,7 @@ positive gap (AbsRel, RMSE, MAE) or a negative one (delta < 1.25); the floor ign
 whatever the training length.
 
     python -m demo.domain_gap runs/demo-study            # -> runs/demo-study/domain_gap/{depth,faces}.{md,json}
+    python -m demo.domain_gap runs/demo-study --stage faces --attribute   # + each real-style effect switched off
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from common.checkpoints import write_json, write_text
 from common.config import load_config
 from demo.data_overrides import depth_data_overrides, faces_data_overrides
 from demo.floors import DEPTH_FLOOR, FACES_FLOOR, depth_floor_networks, faces_floor_networks
-from demo.worlds.faces import write_photoface
+from demo.worlds.faces import REAL_EFFECTS, write_photoface
 from demo.worlds.street import write_kitti
 from sharingan.checkpoints import load_networks
 from sharingan.tasks import load_task
@@ -70,6 +71,21 @@ def synthetic_style_faces(run_root: Path, out: Path) -> list[str]:
     return [f"data.photoface_root={target}"]
 
 
+def without_effect_faces(run_root: Path, out: Path) -> dict[str, list[str]]:
+    """The run's Photoface-layout faces in the real style with one effect switched off at a time
+    (`demo.worlds.faces.REAL_EFFECTS`): {"without <effect>": config overrides}. The cost of an effect is then
+    error(real) - error(real without it), on the same faces, lights and ground truth."""
+    world, p, styles = _world(run_root, "world_faces"), _world(run_root, "world_faces").photoface, {}
+    for effect in REAL_EFFECTS:
+        target = out / f"photoface_without_{effect}"
+        if not (target / "DONE").is_file():
+            write_photoface(target, int(p.train_subjects), int(p.test_subjects), int(p.sessions), int(world.size),
+                            int(world.seed), effects=tuple(e for e in REAL_EFFECTS if e != effect))
+            (target / "DONE").write_text("")
+        styles[f"without {effect}"] = [f"data.photoface_root={target}"]
+    return styles
+
+
 TASKS = {  # chapter stage -> (task, world stage, data overrides, benchmark, evaluation-only overrides, floor, ...)
     "depth": {"task": "depth", "world": "world_street", "data": depth_data_overrides, "benchmark": "kitti_eigen_cap80",
               "only": ["eval.benchmarks=[kitti_eigen]"], "floor": DEPTH_FLOOR,
@@ -78,12 +94,14 @@ TASKS = {  # chapter stage -> (task, world stage, data overrides, benchmark, eva
     "faces": {"task": "normals", "world": "world_faces", "data": faces_data_overrides, "benchmark": "photoface",
               "only": ["data.multipie_root=null"], "floor": FACES_FLOOR,
               "floor_networks": faces_floor_networks,
-              "synthetic_style": synthetic_style_faces},
+              "synthetic_style": synthetic_style_faces, "effects": without_effect_faces},
 }
 
 
-def measure(run_root: str | Path, stage: str = "depth", out: str | Path | None = None) -> dict:
-    """Score every row of `stage` (every seed) and its floor on the real-style and the synthetic-style test."""
+def measure(run_root: str | Path, stage: str = "depth", out: str | Path | None = None,
+            attribute: bool = False) -> dict:
+    """Score every row of `stage` (every seed) and its floor on the real-style and the synthetic-style test;
+    with `attribute` (faces), also on the real style with each effect switched off (`attribution`)."""
     spec, run_root = TASKS[stage], Path(run_root)
     out = Path(out) if out else run_root / "domain_gap"
     out.mkdir(parents=True, exist_ok=True)
@@ -93,13 +111,17 @@ def measure(run_root: str | Path, stage: str = "depth", out: str | Path | None =
         raise SystemExit(f"{run_root}/stages.json: the {stage} stage did not finish ({entry.get('status')})")
     config = json.loads((run_root / stage / "DONE.json").read_text())["config"]
     synthetic_style = spec["synthetic_style"](run_root, out)
+    if attribute and "effects" not in spec:
+        raise SystemExit(f"demo.domain_gap: no effect attribution for the {stage} stage (only for faces)")
+    effect_styles = spec["effects"](run_root, out) if attribute else {}
     task = load_task(spec["task"])
     seeds = sorted(entry["result"]["seeds"], key=int)
 
     def configs(seed: str):
         base = list(config["overrides"]) + spec["data"](run_root / spec["world"]) + [f"seed={seed}"] + spec["only"]
         return {"real": load_config(config["config"], base),
-                "synthetic_style": load_config(config["config"], base + synthetic_style)}
+                "synthetic_style": load_config(config["config"], base + synthetic_style)} | {
+            style: load_config(config["config"], base + overrides) for style, overrides in effect_styles.items()}
 
     def scores(cfgs, networks) -> dict[str, dict[str, float]]:
         scored = {}
@@ -122,6 +144,8 @@ def measure(run_root: str | Path, stage: str = "depth", out: str | Path | None =
                 rows.setdefault(name, {})[seed] = scores(cfgs, networks)
     result = {"run": str(run_root), "stage": stage, "benchmark": spec["benchmark"], "rows": rows,
               "summary": summarise(rows, stage)}
+    if effect_styles:
+        result["attribution"] = attribution(rows, stage, list(effect_styles))
     write_json(out / f"{stage}.json", result)
     write_text(out / f"{stage}.md", markdown(result))
     return result
@@ -142,6 +166,21 @@ def summarise(rows: dict[str, dict[str, dict]], stage: str) -> dict[str, dict[st
     return summary
 
 
+def attribution(rows: dict[str, dict[str, dict]], stage: str, styles: list[str]) -> dict[str, dict[str, dict]]:
+    """Per row and effect style ("without <effect>"): the effect's cost on the headline metric, error(real) -
+    error(real without the effect), mean over seeds with its SE (positive = the effect makes the row worse)."""
+    key = METRICS[stage][0][0]
+    result = {}
+    for name, per_seed in rows.items():
+        result[name] = {}
+        for style in styles:
+            cost = np.array([entry["real"][key] - entry[style][key] for entry in per_seed.values()])
+            se = float(cost.std(ddof=1) / np.sqrt(len(cost))) if len(cost) > 1 else None
+            result[name][style] = {"metric": key, "cost": float(cost.mean()), "cost_se": se,
+                                   "without": float(np.mean([entry[style][key] for entry in per_seed.values()]))}
+    return result
+
+
 def markdown(result: dict) -> str:
     metrics = METRICS[result["stage"]]
     lines = [f"Domain gap on `{result['benchmark']}`: the same test scenes and ground truth rendered in the real "
@@ -156,6 +195,21 @@ def markdown(result: dict) -> str:
             se = f" ± {m['gap_se']:.3f}" if m["gap_se"] is not None else ""
             cells.append(f"{m['real']:.3f} / {m['synthetic_style']:.3f} / {m['gap']:+.3f}{se}")
         lines.append(f"| {name} | {next(iter(row.values()))['seeds']} | " + " | ".join(cells) + " |")
+    if result.get("attribution"):
+        styles = list(next(iter(result["attribution"].values())))
+        label = metrics[0][1]
+        lines += ["", f"Attribution: {label} in the real style with one effect switched off (same faces, lights and "
+                  "ground truth), and the effect's cost = real - without it (± SE over seeds; positive = the effect "
+                  "hurts the row).", "",
+                  "| row | " + " | ".join(f"{style}: {label} / cost" for style in styles) + " |",
+                  "|---|" + "---|" * len(styles)]
+        for name, row in result["attribution"].items():
+            cells = []
+            for style in styles:
+                m = row[style]
+                se = f" ± {m['cost_se']:.2f}" if m["cost_se"] is not None else ""
+                cells.append(f"{m['without']:.2f} / {m['cost']:+.2f}{se}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,9 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run", help="a finished demo or study folder (runs/demo, runs/demo-study)")
     parser.add_argument("--out", default=None, help="output folder (default <run>/domain_gap)")
     parser.add_argument("--stage", nargs="+", default=list(TASKS), choices=list(TASKS), help="chapter stages")
+    parser.add_argument("--attribute", action="store_true",
+                        help="faces: also score the real style with each effect switched off (the gap's attribution)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     for stage in args.stage:
-        print(markdown(measure(args.run, stage, args.out)))
+        print(markdown(measure(args.run, stage, args.out, attribute=args.attribute and "effects" in TASKS[stage])))
     return 0
 
 

@@ -174,40 +174,56 @@ def _cast_shadow(height: np.ndarray, direction: np.ndarray, steps: int = 16) -> 
     return shadow.astype(np.float64)
 
 
+REAL_EFFECTS = ("shadow", "specular", "background", "hair", "camera")
+
+
 def render_real(params: dict, light: np.ndarray, size: int, rng: np.random.Generator,
-                background: bool = True, hair: bool = True) -> dict:
+                effects=REAL_EFFECTS) -> dict:
     """A "real" face: Lambertian SH + cast shadow + specular, hair, textured background, camera effects.
 
     Returns the uint8 image and the labels the real datasets carry (normal and mask for Photoface/testing).
-    The mask is the visible skin (hair removed).
+    The mask is the skin the full render shows (hair removed, also when hair is switched off). `effects` (a
+    subset of REAL_EFFECTS) switches effects off for the domain-gap attribution (demo/domain_gap.py); the random
+    stream is drawn the same either way, so the faces, lights and every other effect stay identical.
     """
+    unknown = set(effects) - set(REAL_EFFECTS)
+    if unknown:
+        raise ValueError(f"render_real: unknown effects {sorted(unknown)}; known: {list(REAL_EFFECTS)}")
     geo = face_geometry(params, size)
     direction = light_direction(light)
     shading = sh_shading(geo["normal"], light)
     first_order = np.asarray(light).reshape(3, 9)[:, 1:4].mean(axis=0)
     strength = np.linalg.norm(first_order) * _C2
     shadow = gaussian_blur(_cast_shadow(geo["height"], direction), size / 96.0)
-    shading = shading - (shadow * strength * 0.8)[..., None]
+    if "shadow" in effects:
+        shading = shading - (shadow * strength * 0.8)[..., None]
     half = direction + np.array([0.0, 0.0, 1.0])
     half /= np.linalg.norm(half)
     spec = np.clip(geo["normal"] @ half, 0, 1) ** 30 * 0.35 * (1 - shadow)
-    image = np.clip(shading, 0, None) * geo["albedo"] + spec[..., None]
+    image = np.clip(shading, 0, None) * geo["albedo"] + (spec[..., None] if "specular" in effects else 0.0)
     mask = geo["mask"].copy()
     x, y = geo["x"], geo["y"]
     s = params["seed"]
-    if background:
-        bg = rng.uniform(0.1, 0.9, size=3) * (0.6 + 0.6 * value_noise(x * 3 + 5, y * 3, s + 1, 4))[..., None]
+    background_colour = rng.uniform(0.1, 0.9, size=3)  # drawn always: the random stream stays the same
+    if "background" in effects:
+        bg = background_colour * (0.6 + 0.6 * value_noise(x * 3 + 5, y * 3, s + 1, 4))[..., None]
         image = np.where(mask[..., None], image, bg)
-    if hair:
-        wave = 0.05 * np.sin(x * 9 + s % 7)
-        top = (y < params["hairline"] + wave + 0.25 * x**2) & (
-            ((x / (params["a"] + 0.08)) ** 2 + ((y + 0.05) / (params["b"] + 0.08)) ** 2) < 1)
+    else:
+        image = image * mask[..., None]  # SfSNet's synthetic faces: black outside the face
+    wave = 0.05 * np.sin(x * 9 + s % 7)
+    top = (y < params["hairline"] + wave + 0.25 * x**2) & (
+        ((x / (params["a"] + 0.08)) ** 2 + ((y + 0.05) / (params["b"] + 0.08)) ** 2) < 1)
+    if "hair" in effects:
         strands = 0.6 + 0.8 * value_noise(x * 40, y * 4, s + 2, 2)
         hair_rgb = params["hair"] * strands[..., None] * np.clip(shading, 0.3, None)
         image = np.where(top[..., None], hair_rgb, image)
-        mask &= ~top
+    mask &= ~top  # also without hair: an attribution scores the same pixels as the full render
     cast = rng.uniform([0.9, 0.88, 0.8], [1.1, 1.05, 1.05])
-    image = sensor(np.clip(image, 0, 1.5), rng, cast=cast, noise=0.03, blur=size / 160.0, gamma=1.1)
+    if "camera" in effects:
+        image = sensor(np.clip(image, 0, 1.5), rng, cast=cast, noise=0.03, blur=size / 160.0, gamma=1.1)
+    else:
+        rng.normal(0, 0.03, image.shape)  # the sensor's noise draw: the random stream stays the same
+        image = np.clip(image, 0, 1)
     return {"image": to_uint8(image), "normal": geo["normal"], "mask": mask}
 
 
@@ -295,12 +311,13 @@ def write_celeba(root: str | Path, counts, size: int, seed: int = 0) -> int:
 
 
 def write_photoface(root: str | Path, train_subjects: int, test_subjects: int, sessions: int, size: int,
-                    seed: int = 0, style: str = "real") -> dict:
+                    seed: int = 0, style: str = "real", effects=REAL_EFFECTS) -> dict:
     """Photoface in SharinGAN's aligned form (``sharingan.data.photoface`` layout and list files): per session
     four images under the device's four lights, each with its ground-truth normal and mask PNG. `style`
     "synthetic" writes the same faces under the same lights rendered by the SfSNet-style renderer (exact
     Lambertian, no background, hair, shadows or camera), with the real style's normals and skin masks: the
-    same test, only the appearance differs (demo/domain_gap.py)."""
+    same test, only the appearance differs (demo/domain_gap.py). `effects` (real style only) switches real-style
+    effects off one at a time for the gap's attribution, again on the same faces and lights."""
     if style not in ("real", "synthetic"):
         raise ValueError(f"write_photoface: style must be 'real' or 'synthetic', got {style!r}")
     root = Path(root)
@@ -314,7 +331,7 @@ def write_photoface(root: str | Path, train_subjects: int, test_subjects: int, s
             folder = root / RESULTS_FOLDER / subject / f"2008-{session % 12 + 1:02d}-{number % 28 + 1:02d}_12-00-00"
             for k, direction in enumerate(PHOTOFACE_LIGHTS):
                 light = directional_sh(direction, rng.uniform(0.6, 0.8), rng.uniform(0.3, 0.45))
-                sample = render_real(params, light, size, rng)  # always drawn: the random stream stays the same
+                sample = render_real(params, light, size, rng, effects)  # always drawn: same random stream
                 image = sample["image"] if style == "real" else render_synthetic(params, light, size)["image"]
                 write_png(folder / f"im{k}_align.png", image)
                 write_png(folder / f"im{k}_normal.png", encode_normals(sample["normal"], sample["mask"]))

@@ -37,15 +37,20 @@ def test_demo_quick_end_to_end_then_cached(tmp_path):
     assert {entry["status"] for entry in again.values()} == {"cached"}
     # the domain-gap evidence: the floor ignores its input, so its gap on the re-rendered test is exactly 0
     from demo.domain_gap import measure
+    from demo.worlds.faces import REAL_EFFECTS
 
     gap = measure(out, "depth")
     floor = gap["summary"]["Floor: per-pixel mean training depth"]
     assert all(floor[key]["gap"] == 0.0 for key in ("abs_rel", "rmse", "a1")), floor
     assert set(gap["summary"]) >= {"SharinGAN (proposed)", "No SharinGAN, no reconstruction"}
     assert (out / "domain_gap" / "depth.md").read_text().count("|") > 20
-    gap = measure(out, "faces")
+    gap = measure(out, "faces", attribute=True)
     floor = gap["summary"]["Floor: frontal normal, mean training lighting"]
     assert all(floor[key]["gap"] == 0.0 for key in ("mae_deg", "lt30")), floor
+    # the floor ignores its input and every effect style keeps the masks: each effect costs it exactly 0
+    assert {style: entry["cost"] for style, entry in gap["attribution"]["Floor: frontal normal, mean training "
+            "lighting"].items()} == {f"without {effect}": 0.0 for effect in REAL_EFFECTS}
+    assert "Attribution" in (out / "domain_gap" / "faces.md").read_text()
     assert set(gap["summary"]) >= {"SharinGAN (proposed)", "SfSNet (no SharinGAN)"}
 
 

@@ -113,6 +113,29 @@ def test_real_face_has_hair_and_background():
     assert real["image"][0, 0].sum() > 0 and syn["image"][0, 0].sum() == 0  # background texture vs black
 
 
+def test_switching_a_real_effect_off_changes_only_that_effect():
+    """The domain-gap attribution (demo.domain_gap, faces) re-renders the real style with one effect off: the
+    face, the light and the random stream must stay those of the full render, and only that effect may go."""
+    def render(effects):
+        rng = np.random.default_rng(5)
+        params, light = faces.sample_face(rng), faces.sample_light(rng)
+        out = faces.render_real(params, light, 48, rng, effects)
+        return out, rng.random()
+
+    full, after_full = render(faces.REAL_EFFECTS)
+    for effect in faces.REAL_EFFECTS:
+        without, after = render(tuple(e for e in faces.REAL_EFFECTS if e != effect))
+        assert after == after_full, effect  # same draws
+        assert (without["normal"] == full["normal"]).all(), effect
+        assert not (without["image"] == full["image"]).all(), effect  # the effect shows in the image
+    without_background, _ = render(tuple(e for e in faces.REAL_EFFECTS if e != "background"))
+    corner = (slice(0, 3), slice(0, 3))  # outside the face and the hair
+    assert without_background["image"][corner].max() < 12 < full["image"][corner].max()  # black + camera noise
+    assert (without_background["mask"] == full["mask"]).all()
+    with pytest.raises(ValueError, match="unknown effects"):
+        render(("glare",))
+
+
 def test_multipie_shots_are_distinct_lights():
     lights = np.stack([faces.multipie_light(k) for k in range(19)])
     distances = np.linalg.norm(lights[:, None] - lights[None], axis=-1) + np.eye(19)
