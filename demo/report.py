@@ -496,7 +496,8 @@ def _learning_curve_lines(status: Mapping, cfg, root: Path, claim_list: list[dic
 
     plateau = OmegaConf.select(cfg, "study.plateau", default=None) or {}
     try:
-        curves = learning_curves(status, float(plateau.get("tail", 1 / 3)), float(plateau.get("tolerance", 0.1)))
+        curves = learning_curves(status, float(plateau.get("tail", 1 / 3)), float(plateau.get("tolerance", 0.1)),
+                                 float(plateau.get("noise_allowance", 2.0)))
     except Exception as error:  # noqa: BLE001 - the report still gets written, saying why
         return ["## Learning curves", "", f"Not drawn: {type(error).__name__}: {error}", ""]
     if not curves:
@@ -507,7 +508,9 @@ def _learning_curve_lines(status: Mapping, cfg, root: Path, claim_list: list[dic
              "Validation metric of every trained row (training loss where a row has no validation), one line per "
              "seed. Plateau: the best of the 3-point moving mean over the last "
              f"{float(plateau.get('tail', 1 / 3)):.2f} of the steps improves on the best before it by at most "
-             f"{float(plateau.get('tolerance', 0.1)):.2f} x the curve's range (demo/study.py).", ""]
+             f"{float(plateau.get('tolerance', 0.1)):.2f} x the curve's range, or by at most "
+             f"{float(plateau.get('noise_allowance', 2.0)):.1f} x its noise (a gain within the validation noise; "
+             "demo/study.py).", ""]
     if figure is not None:
         lines += [f"![learning curves]({figure.relative_to(root).as_posix()})", ""]
     lines += ["| chapter | row | curve | points | plateaued |", "|---|---|---|---|---|"]
