@@ -75,7 +75,8 @@ def without_effect_faces(run_root: Path, out: Path) -> dict[str, list[str]]:
     """The run's Photoface-layout faces in the real style with one effect switched off at a time
     (`demo.worlds.faces.REAL_EFFECTS`): {"without <effect>": config overrides}. The cost of an effect is then
     error(real) - error(real without it), on the same faces, lights and ground truth."""
-    world, p, styles = _world(run_root, "world_faces"), _world(run_root, "world_faces").photoface, {}
+    world, styles = _world(run_root, "world_faces"), {}
+    p = world.photoface
     for effect in REAL_EFFECTS:
         target = out / f"photoface_without_{effect}"
         if not (target / "DONE").is_file():
