@@ -495,9 +495,10 @@ def _learning_curve_lines(status: Mapping, cfg, root: Path, claim_list: list[dic
     from demo.study import learning_curves, learning_curves_figure
 
     plateau = OmegaConf.select(cfg, "study.plateau", default=None) or {}
+    tail, tolerance = float(plateau.get("tail", 1 / 3)), float(plateau.get("tolerance", 0.1))
+    noise_allowance = float(plateau.get("noise_allowance", 2.0))
     try:
-        curves = learning_curves(status, float(plateau.get("tail", 1 / 3)), float(plateau.get("tolerance", 0.1)),
-                                 float(plateau.get("noise_allowance", 2.0)))
+        curves = learning_curves(status, tail, tolerance, noise_allowance)
     except Exception as error:  # noqa: BLE001 - the report still gets written, saying why
         return ["## Learning curves", "", f"Not drawn: {type(error).__name__}: {error}", ""]
     if not curves:
@@ -506,11 +507,9 @@ def _learning_curve_lines(status: Mapping, cfg, root: Path, claim_list: list[dic
     figure = learning_curves_figure(curves, root / "figures" / "learning_curves.png")
     lines = ["## Learning curves", "",
              "Validation metric of every trained row (training loss where a row has no validation), one line per "
-             "seed. Plateau: the best of the 3-point moving mean over the last "
-             f"{float(plateau.get('tail', 1 / 3)):.2f} of the steps improves on the best before it by at most "
-             f"{float(plateau.get('tolerance', 0.1)):.2f} x the curve's range, or by at most "
-             f"{float(plateau.get('noise_allowance', 2.0)):.1f} x its noise (a gain within the validation noise; "
-             "demo/study.py).", ""]
+             f"seed. Plateau: the best of the 3-point moving mean over the last {tail:.2f} of the steps improves "
+             f"on the best before it by at most {tolerance:.2f} x the curve's range, or by at most "
+             f"{noise_allowance:.1f} x its noise (a gain within the validation noise; demo/study.py).", ""]
     if figure is not None:
         lines += [f"![learning curves]({figure.relative_to(root).as_posix()})", ""]
     lines += ["| chapter | row | curve | points | plateaued |", "|---|---|---|---|---|"]

@@ -209,7 +209,7 @@ def render_real(params: dict, light: np.ndarray, size: int, rng: np.random.Gener
         bg = background_colour * (0.6 + 0.6 * value_noise(x * 3 + 5, y * 3, s + 1, 4))[..., None]
         image = np.where(mask[..., None], image, bg)
     else:
-        image = image * mask[..., None]  # SfSNet's synthetic faces: black outside the face
+        image = image * mask[..., None]  # black outside the face, as the world's synthetic faces
     wave = 0.05 * np.sin(x * 9 + s % 7)
     top = (y < params["hairline"] + wave + 0.25 * x**2) & (
         ((x / (params["a"] + 0.08)) ** 2 + ((y + 0.05) / (params["b"] + 0.08)) ** 2) < 1)
