@@ -56,15 +56,17 @@ from common.viz import image_grid, overlay_mask
 from ldznet.checkpoints import DEFAULT_TASK, save_segmenter, segmenter_header
 from ldznet.models import build_segmenter, model_options
 from ldznet.models.ldm_features import per_sample_noise
+from ldznet.models.znet import initialise_head
 from ldznet.stable_diffusion import components_from_config
 
 log = logging.getLogger(__name__)
 
 # The optimiser options (the `optim` node of experiments/chapter3/base.yaml, which holds their values: issue 14).
 # head_learning_rate_scale: 1 = the paper; > 1 speeds up tiny CPU runs (the 55-weight head learns slowly).
+# head_init: pytorch = the released code; unit_gain = the head starts as upsampling (ldznet.models.znet.initialise_head).
 # ema_decay holds per optimiser step at reference_global_batch (the paper: 4 per GPU x 8 GPUs = 32).
 OPTIM_KEYS = ("optimizer", "base_learning_rate", "batch_size", "weight_decay", "plateau_factor", "plateau_patience",
-              "ema", "ema_decay", "head_learning_rate_scale", "reference_global_batch")
+              "ema", "ema_decay", "head_learning_rate_scale", "head_init", "reference_global_batch")
 OPTIM_SOURCE = "experiments/chapter3/base.yaml (node `optim`)"
 
 
@@ -257,6 +259,7 @@ class SegmenterLitModule(ResilientModule, pl.LightningModule):
             components = components_from_config(model_cfg.get("stable_diffusion") or {})
         self.stable_diffusion_record = dict(components.record)
         self.model = build_segmenter(model_cfg, components)
+        initialise_head(self.model.head, str(optim_cfg["head_init"]))  # before the EMA copies the weights
         self.model_cfg, self.optim_cfg, self.task = model_cfg, optim_cfg, task
         self.log_images_every = int(log_images_every)
         self.ema = TrainableEMA(self.model, optim_cfg["ema_decay"]) if optim_cfg["ema"] else None

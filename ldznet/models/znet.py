@@ -85,6 +85,39 @@ class OutputHead(nn.Module):
         return self.layers(F.silu(x))
 
 
+HEAD_INITS = ("pytorch", "unit_gain")
+
+
+def initialise_head(head: OutputHead, mode: str, shift: float = 4.0) -> OutputHead:
+    """Initialise the output head: "pytorch" (the released code: PyTorch's default init, left as built) or
+    "unit_gain" (the head starts as nearest-neighbour upsampling of silu(x)).
+
+    Why "unit_gain" exists (docs/demo-study-notes.md, "Chapter 3: the collapse at the constant mask"): at
+    PyTorch's default init the seven single-channel layers with SiLUs between them shrink the signal and its
+    gradient by a factor of ~1e-4, so every model starts at the constant mask and some never leave it (their head
+    parks at SiLU's stationary point x = -1.28). "unit_gain" sets every conv to the identity (3x3 centre tap 1,
+    2x2 transposed conv all ones), shifts the first conv's output by +`shift` so every inner SiLU works where it is
+    nearly the identity (sigmoid(4) = 0.98), and takes the shift off again in the last conv's bias. Same layers,
+    same parameters; only the starting point differs.
+    """
+    if mode not in HEAD_INITS:
+        raise ValueError(f"optim.head_init must be one of {HEAD_INITS}, got {mode!r}")
+    if mode == "pytorch":
+        return head
+    convolutions = [layer for layer in head.layers if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.no_grad():
+        for index, layer in enumerate(convolutions):
+            layer.weight.zero_()
+            if isinstance(layer, nn.ConvTranspose2d):
+                layer.weight.fill_(1.0)  # every output pixel copies its input pixel: nearest upsampling
+            else:
+                centre = layer.kernel_size[0] // 2, layer.kernel_size[1] // 2
+                layer.weight[..., centre[0], centre[1]] = 1.0
+            layer.bias.fill_(shift if index == 0 else 0.0)
+        convolutions[-1].bias.fill_(-shift)
+    return head
+
+
 def reduce_to_one_output_channel(unet: nn.Module) -> nn.Module:
     """Replace the UNet's 4-channel output conv by a 1-channel one holding channel 0 of SD's weights."""
     old = unet.conv_out

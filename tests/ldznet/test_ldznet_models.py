@@ -250,3 +250,40 @@ def test_sd_size_ldznet_runs_with_real_tensors(tmp_path):
     with torch.no_grad():
         logits = model(torch.zeros(1, 3, 128, 128), ["a photo of a cat"])  # pools interpolate 12 -> 4, 6 -> 2
     assert logits.shape == (1, 1, 128, 128) and torch.isfinite(logits).all()
+
+
+def _head_input_gradient(head: torch.nn.Module, inputs: torch.Tensor) -> float:
+    """Mean |d sum(head(x)) / dx| per input pixel."""
+    inputs = inputs.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(head(inputs).sum(), inputs)
+    return gradient.abs().mean().item()
+
+
+def test_head_default_init_blocks_the_gradient_and_unit_gain_passes_it():
+    """The cause of the Chapter-3 collapse at the constant mask (docs/demo-study-notes.md): at PyTorch's default
+    init the single-channel SiLU head passes ~no gradient; the "unit_gain" init is nearest upsampling of silu(x)."""
+    from ldznet.models.znet import OutputHead, initialise_head
+
+    inputs = torch.linspace(-2, 3, 64).reshape(1, 1, 8, 8)
+    default_gains = []
+    for seed in range(10):
+        torch.manual_seed(seed)
+        default_gains.append(_head_input_gradient(initialise_head(OutputHead(), "pytorch"), inputs))
+    head = initialise_head(OutputHead(), "unit_gain")
+    # independent expectation, pointwise: silu(x), +4, six SiLUs, -4; each input pixel becomes an 8x8 block
+
+    def pointwise(values: torch.Tensor) -> torch.Tensor:
+        values = F.silu(values) + 4.0
+        for _ in range(6):
+            values = F.silu(values)
+        return values - 4.0
+
+    expected = F.interpolate(pointwise(inputs), scale_factor=8, mode="nearest")
+    assert torch.allclose(head(inputs), expected, atol=1e-5)
+    x = inputs.clone().requires_grad_(True)
+    (slope,) = torch.autograd.grad(pointwise(x).sum(), x)
+    unit_gain = _head_input_gradient(head, inputs)
+    assert unit_gain == pytest.approx(64 * slope.abs().mean().item(), rel=1e-4)
+    assert max(default_gains) < 0.01 * unit_gain
+    with pytest.raises(ValueError, match="head_init"):
+        initialise_head(OutputHead(), "xavier")

@@ -87,6 +87,18 @@ def test_znet_overfits_one_batch(world):
     assert losses[-1] < 0.9 * losses[0]
 
 
+def test_training_module_applies_the_configured_head_init(world):
+    from ldznet.models.znet import OutputHead, initialise_head
+
+    components = load_stable_diffusion(world["sd"], hash_files=False)
+    module = SegmenterLitModule(model_defaults(variant="znet", image_size=64, gradient_checkpointing=False),
+                                optim_defaults(head_init="unit_gain"), components=components)
+    reference = initialise_head(OutputHead(), "unit_gain")
+    for name, parameter in reference.named_parameters():
+        assert torch.equal(module.model.head.get_parameter(name), parameter), name
+    assert torch.equal(module.ema.shadow["head.layers.0.bias"], reference.layers[0].bias.detach())  # EMA starts there
+
+
 def test_save_and_load_segmenter_prefers_ema_and_checks_variant(world, tmp_path):
     components = load_stable_diffusion(world["sd"], hash_files=False)
     model_cfg = model_defaults(variant="ldznet", image_size=64, gradient_checkpointing=False,
