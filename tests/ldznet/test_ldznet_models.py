@@ -260,7 +260,7 @@ def _head_input_gradient(head: torch.nn.Module, inputs: torch.Tensor) -> float:
 
 
 def test_head_default_init_blocks_the_gradient_and_unit_gain_passes_it():
-    """The cause of the Chapter-3 collapse at the constant mask (docs/demo-study-notes.md): at PyTorch's default
+    """The cause of the Chapter-3 collapse at the constant mask (docs/demo-diagnosis.md): at PyTorch's default
     init the single-channel SiLU head passes ~no gradient; the "unit_gain" init is nearest upsampling of silu(x)."""
     from ldznet.models.znet import OutputHead, initialise_head
 
