@@ -63,7 +63,8 @@ log = logging.getLogger(__name__)
 
 # The optimiser options (the `optim` node of experiments/chapter3/base.yaml, which holds their values: issue 14).
 # head_learning_rate_scale: 1 = the paper; > 1 speeds up tiny CPU runs (the 55-weight head learns slowly).
-# head_init: pytorch = the released code; unit_gain = the head starts as upsampling (ldznet.models.znet.initialise_head).
+# head_init: pytorch = the released code; unit_gain = the head starts as upsampling
+# (ldznet.models.znet.initialise_head).
 # ema_decay holds per optimiser step at reference_global_batch (the paper: 4 per GPU x 8 GPUs = 32).
 OPTIM_KEYS = ("optimizer", "base_learning_rate", "batch_size", "weight_decay", "plateau_factor", "plateau_patience",
               "ema", "ema_decay", "head_learning_rate_scale", "head_init", "reference_global_batch")

@@ -95,9 +95,10 @@ def initialise_head(head: OutputHead, mode: str, shift: float = 4.0) -> OutputHe
     Why "unit_gain" exists (docs/demo-diagnosis.md, "Why every model starts on the plateau"): at PyTorch's
     default init the seven single-channel layers with SiLUs between them shrink the signal and its gradient to
     1e-8 - 1e-5 of what the unit-gain start passes, so every model starts at the constant mask and some never
-    leave it (their head parks at SiLU's stationary point x = -1.28). "unit_gain" sets every conv to the identity (3x3 centre tap 1,
-    2x2 transposed conv all ones), shifts the first conv's output by +`shift` so every inner SiLU works where it is
-    nearly the identity (sigmoid(4) = 0.98), and takes the shift off again in the last conv's bias. Same layers,
+    leave it (their head parks at SiLU's stationary point x = -1.28). "unit_gain" sets every conv to the
+    identity (3x3 centre tap 1, 2x2 transposed conv all ones), shifts the first conv's output by +`shift` so
+    every inner SiLU works where it is nearly the identity (sigmoid(4) = 0.98), and takes the shift off again
+    in the last conv's bias. Same layers,
     same parameters; only the starting point differs.
     """
     if mode not in HEAD_INITS:
