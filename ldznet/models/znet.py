@@ -98,8 +98,7 @@ def initialise_head(head: OutputHead, mode: str, shift: float = 4.0) -> OutputHe
     leave it (their head parks at SiLU's stationary point x = -1.28). "unit_gain" sets every conv to the
     identity (3x3 centre tap 1, 2x2 transposed conv all ones), shifts the first conv's output by +`shift` so
     every inner SiLU works where it is nearly the identity (sigmoid(4) = 0.98), and takes the shift off again
-    in the last conv's bias. Same layers,
-    same parameters; only the starting point differs.
+    in the last conv's bias. Same layers, same parameters; only the starting point differs.
     """
     if mode not in HEAD_INITS:
         raise ValueError(f"optim.head_init must be one of {HEAD_INITS}, got {mode!r}")
