@@ -107,14 +107,12 @@ def initialise_head(head: OutputHead, mode: str, shift: float = 4.0) -> OutputHe
     convolutions = [layer for layer in head.layers if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d))]
     with torch.no_grad():
         for index, layer in enumerate(convolutions):
-            layer.weight.zero_()
             if isinstance(layer, nn.ConvTranspose2d):
-                layer.weight.fill_(1.0)  # every output pixel copies its input pixel: nearest upsampling
+                nn.init.ones_(layer.weight)  # every output pixel copies its input pixel: nearest upsampling
             else:
-                centre = layer.kernel_size[0] // 2, layer.kernel_size[1] // 2
-                layer.weight[..., centre[0], centre[1]] = 1.0
-            layer.bias.fill_(shift if index == 0 else 0.0)
-        convolutions[-1].bias.fill_(-shift)
+                nn.init.dirac_(layer.weight)  # the identity convolution (centre tap 1)
+            nn.init.constant_(layer.bias, shift if index == 0 else 0.0)
+        nn.init.constant_(convolutions[-1].bias, -shift)
     return head
 
 

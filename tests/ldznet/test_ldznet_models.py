@@ -12,6 +12,7 @@ from ldznet.config import model_defaults
 from ldznet.models import build_segmenter, parameter_counts
 from ldznet.models.attention_pool import AttentionPool
 from ldznet.models.ldm_features import spatial_attention_blocks
+from ldznet.models.znet import OutputHead, initialise_head
 from ldznet.stable_diffusion import build_random_components, load_stable_diffusion, load_tokenizer
 from ldznet.summary import main as summary_main
 from ldznet.tiny_configs import write_tiny_tokenizer
@@ -262,8 +263,6 @@ def _head_input_gradient(head: torch.nn.Module, inputs: torch.Tensor) -> float:
 def test_head_default_init_blocks_the_gradient_and_unit_gain_passes_it():
     """The cause of the Chapter-3 collapse at the constant mask (docs/demo-diagnosis.md): at PyTorch's default
     init the single-channel SiLU head passes ~no gradient; the "unit_gain" init is nearest upsampling of silu(x)."""
-    from ldznet.models.znet import OutputHead, initialise_head
-
     inputs = torch.linspace(-2, 3, 64).reshape(1, 1, 8, 8)
     default_gains = []
     for seed in range(10):

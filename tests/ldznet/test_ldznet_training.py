@@ -15,6 +15,7 @@ from ldznet.checkpoints import load_segmenter, save_segmenter
 from ldznet.config import model_defaults, optim_defaults
 from ldznet.lit_module import SegmenterLitModule, TrainableEMA, scaled_learning_rate
 from ldznet.models import build_segmenter
+from ldznet.models.znet import OutputHead, initialise_head
 from ldznet.stable_diffusion import load_stable_diffusion
 from ldznet.train import train
 from tests.helpers.toy_phrasecut import write_toy_phrasecut
@@ -88,8 +89,6 @@ def test_znet_overfits_one_batch(world):
 
 
 def test_training_module_applies_the_configured_head_init(world):
-    from ldznet.models.znet import OutputHead, initialise_head
-
     components = load_stable_diffusion(world["sd"], hash_files=False)
     module = SegmenterLitModule(model_defaults(variant="znet", image_size=64, gradient_checkpointing=False),
                                 optim_defaults(head_init="unit_gain"), components=components)
