@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import load_config
+from common.resilience import resolve_resume
 
 
 def depth_data_overrides(world: Path) -> list[str]:
@@ -43,3 +44,15 @@ def ldznet_seed_config(ctx: Any, seed: int, out: Path):
     overrides = list(c["overrides"]) + ldznet_data_overrides(world, ldm) + [
         f"pipeline.out={out / 'pipeline'}", f"pipeline.runs_root={out / 'runs'}", f"seed={seed}"]
     return load_config(c["config"], overrides)
+
+
+def continue_chapter3_part(ctx: Any, stage: str, part: str, cfg: Any) -> None:
+    """With `continue_from` in the stage's config (demo key `continue_from`: a finished run folder of the same
+    plan), set `cfg.resume` to the newest checkpoints/last.ckpt of the same stage part there, so that this part
+    trains on from it (ldznet.train's exact resume) to its own, longer `schedule.train_samples`. A missing
+    checkpoint raises naming the folder searched."""
+    source = ctx.config.get("continue_from")
+    if not source:
+        return
+    experiment = str(cfg.get("experiment") or cfg.model.variant)
+    cfg.resume = str(resolve_resume("last", Path(source) / stage / part / "runs" / "chapter3" / experiment))

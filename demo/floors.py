@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from common.config import load_config
-from demo.data_overrides import depth_data_overrides, faces_data_overrides, ldznet_seed_config
+from demo.data_overrides import continue_chapter3_part, depth_data_overrides, faces_data_overrides, ldznet_seed_config
 from demo.per_image import (
     depth_per_image,
     faces_per_image,
@@ -220,6 +220,7 @@ def fit_image_only(ctx: StageContext, part: str, folder: Path) -> dict:
     cfg.experiment = f"{variant}_image_only"
     cfg.data.train.root = str(blind)
     cfg.data.val.root = str(blind)
+    continue_chapter3_part(ctx, "floor_image_only", part, cfg)
     run_dir = train(cfg, root=str(folder / "runs"))
     return {"run_dir": str(run_dir), "segmenter": str(run_dir / "segmenter.pt")}
 

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.config import EXPERIMENTS_ROOT, load_config
 from demo import floors
-from demo.data_overrides import depth_data_overrides, faces_data_overrides, ldznet_seed_config
+from demo.data_overrides import continue_chapter3_part, depth_data_overrides, faces_data_overrides, ldznet_seed_config
 from demo.stages import Stage, StageContext, StageNotRunnable, plain, seed_of
 
 DEMO_EXPERIMENTS = EXPERIMENTS_ROOT / "demo"
@@ -158,8 +158,9 @@ def run_ldznet_training(ctx: StageContext, part: str, folder: Path) -> dict:
     except ImportError as error:
         raise StageNotRunnable(f"ldznet.pipeline cannot be imported: {error}") from error
     variant = part.split("_", 1)[1]
-    cfg = ldznet_seed_config(ctx, seed_of(part), folder)
-    run_dir = train(variant_config(cfg, variant), root=str(cfg.pipeline.runs_root))
+    cfg = variant_config(ldznet_seed_config(ctx, seed_of(part), folder), variant)
+    continue_chapter3_part(ctx, "ldznet_train", part, cfg)
+    run_dir = train(cfg, root=str(cfg.pipeline.runs_root))
     return {"variant": variant, "run_dir": str(run_dir), "segmenter": str(run_dir / "segmenter.pt")}
 
 
@@ -201,6 +202,19 @@ def run_probe(ctx: StageContext) -> dict:
 
 # ----------------------------------------------------------------------------------------------- the plan
 
+def continue_from(cfg: DictConfig) -> dict:
+    """{"continue_from": absolute folder} when the demo config sets `continue_from`, else {}. It must differ
+    from `out` (a stage clears its own part folders before it runs); a part whose checkpoint is missing there
+    fails naming the folder searched (`demo.data_overrides.continue_chapter3_part`)."""
+    source = cfg.get("continue_from")
+    if not source:
+        return {}
+    source = Path(str(source)).resolve()
+    if source == Path(str(cfg.out)).resolve():
+        raise ValueError(f"continue_from ({source}) must differ from out: the stages clear their own folders")
+    return {"continue_from": str(source)}
+
+
 def build_stages(cfg: DictConfig) -> list[Stage]:
     seeds = seeds_of(cfg)
     world_seed = int(cfg.world_seed)
@@ -219,7 +233,11 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
 
     per_seed = [f"seed{seed}" for seed in seeds]
     variants = ldznet_variants(chapter("ldznet"))
-    image_only = chapter("ldznet") | {"image_only_variant": str(cfg.floors.image_only_variant)}
+    # continue_from (experiments/demo/study_chapter3_long.yaml): the Chapter-3 training parts resume from the
+    # same parts of that finished run folder; only then is it part of their stage keys (other runs keep theirs)
+    continued = continue_from(cfg)
+    training = chapter("ldznet") | continued
+    image_only = chapter("ldznet") | continued | {"image_only_variant": str(cfg.floors.image_only_variant)}
 
     return [  # plan order = priority with jobs > 1: the long chain (tiny LDM -> Chapter 3) and long units first
         Stage("world_shapes", run_world_shapes, world("shapes"),
@@ -242,7 +260,7 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
               parts=per_seed, run_part=partial(run_chapter2_seed, "depth", "world_street", depth_data_overrides),
               requires=("sharingan.pipeline", "sharingan.tasks.depth"), code=("sharingan", "common"),
               description="Chapter 2 depth: pretrain G and T, SharinGAN and ablations, KITTI + Make3D"),
-        Stage("ldznet_train", combine_parts, chapter("ldznet"), needs=("world_shapes", "tiny_ldm"),
+        Stage("ldznet_train", combine_parts, training, needs=("world_shapes", "tiny_ldm"),
               parts=[f"seed{seed}_{variant}" for seed in seeds for variant in variants],
               run_part=run_ldznet_training, requires=("ldznet.pipeline",), code=("ldznet", "common"),
               description="Chapter 3 training: RGBNet, ZNet, LD-ZNet, concat, one part per (seed, model)"),
