@@ -158,9 +158,10 @@ def run_ldznet_training(ctx: StageContext, part: str, folder: Path) -> dict:
     except ImportError as error:
         raise StageNotRunnable(f"ldznet.pipeline cannot be imported: {error}") from error
     variant = part.split("_", 1)[1]
-    cfg = variant_config(ldznet_seed_config(ctx, seed_of(part), folder), variant)
+    seed_cfg = ldznet_seed_config(ctx, seed_of(part), folder)
+    cfg = variant_config(seed_cfg, variant)
     continue_chapter3_part(ctx, "ldznet_train", part, cfg)
-    run_dir = train(cfg, root=str(cfg.pipeline.runs_root))
+    run_dir = train(cfg, root=str(seed_cfg.pipeline.runs_root))
     return {"variant": variant, "run_dir": str(run_dir), "segmenter": str(run_dir / "segmenter.pt")}
 
 
