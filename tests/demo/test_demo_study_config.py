@@ -1,12 +1,22 @@
 """experiments/demo/study.yaml composes: every override names a real key of its chapter config (a misspelt key
-would leave that stage at the demo's length), and no training stage of the study is shorter than the demo's."""
+would leave that stage at the demo's length), and no training stage of the study is shorter than the demo's;
+study_chapter3_long.yaml (continue_from) changes only the Chapter-3 training stages."""
 
 from __future__ import annotations
 
+import functools
+import os
+from types import SimpleNamespace
+
+import pytest
+from omegaconf import OmegaConf
+
 from common.config import load_config
+from demo.data_overrides import continue_chapter3_part
 from demo.plan import DEMO_EXPERIMENTS, build_stages
 
 
+@functools.cache  # composing every chapter config takes seconds; the tests only read the result
 def _stages(name: str) -> dict:
     return {stage.name: stage.config for stage in build_stages(load_config(DEMO_EXPERIMENTS / name, []))}
 
@@ -23,3 +33,40 @@ def test_study_overrides_compose_and_never_shorten_a_training_stage():
             assert study[name]["composed"]["schedule"][key] >= demo[name]["composed"]["schedule"][key], (name, key)
     assert study["ldznet"]["composed"]["schedule"]["train_samples"] >= \
         demo["ldznet"]["composed"]["schedule"]["train_samples"]
+
+
+def test_the_chapter3_continuation_changes_only_the_chapter3_training_stages():
+    """study_chapter3_long.yaml reuses every other stage of the study (same configs, so same cache keys) and
+    lengthens the Chapter-3 training; the study's own stage configs carry no `continue_from`."""
+    study, long = _stages("study.yaml"), _stages("study_chapter3_long.yaml")
+    assert set(study) == set(long)
+    changed = {name for name in study if study[name] != long[name]}
+    assert changed == {"ldznet_train", "floor_image_only", "ldznet", "floors_segmentation"}, changed
+    assert "continue_from" not in study["ldznet_train"] and "continue_from" not in study["floor_image_only"]
+    assert long["ldznet_train"]["continue_from"] == long["floor_image_only"]["continue_from"]
+    assert long["ldznet"]["composed"]["schedule"]["train_samples"] == \
+        2.5 * study["ldznet"]["composed"]["schedule"]["train_samples"]
+
+
+def test_continue_from_must_not_be_the_output_folder():
+    cfg = load_config(DEMO_EXPERIMENTS / "study_chapter3_long.yaml", ["continue_from=runs/x", "out=runs/x"])
+    with pytest.raises(ValueError, match="must differ from out"):
+        build_stages(cfg)
+
+
+def test_a_continued_part_resumes_from_the_newest_checkpoint_of_the_same_part(tmp_path):
+    runs = tmp_path / "study" / "ldznet_train" / "seed1_znet" / "runs" / "chapter3" / "znet"
+    for name, mtime in (("20260101-000000", 100), ("20260102-000000", 200)):
+        checkpoint = runs / name / "checkpoints" / "last.ckpt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"")
+        os.utime(checkpoint, (mtime, mtime))
+    cfg = OmegaConf.create({"model": {"variant": "znet"}, "resume": None})
+    context = SimpleNamespace(config={"continue_from": str(tmp_path / "study")})
+    continue_chapter3_part(context, "ldznet_train", "seed1_znet", cfg)
+    assert cfg.resume == str(runs / "20260102-000000" / "checkpoints" / "last.ckpt")
+    with pytest.raises(FileNotFoundError, match="seed2_znet"):
+        continue_chapter3_part(context, "ldznet_train", "seed2_znet", cfg)
+    untouched = OmegaConf.create({"model": {"variant": "znet"}, "resume": None})
+    continue_chapter3_part(SimpleNamespace(config={}), "ldznet_train", "seed1_znet", untouched)
+    assert untouched.resume is None
