@@ -641,12 +641,18 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     return path
 
 
-def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs", name: str = STUDY_NAME) -> list[Path]:
+SECOND_STUDY_READING = ("This is the second study of the stability check. The verdicts of both studies side by side, "
+                        "and the diagnosis of every claim not reproduced, are in docs/demo-study.md.")
+
+
+def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs", name: str = STUDY_NAME,
+                  reading: str = SECOND_STUDY_READING) -> list[Path]:
     """Copy a study's REPORT.md, verdicts.json and figures to docs/<name>.md, docs/<name>.json and
     docs/<name>/ (figure links rewritten), for committing. The hand-written diagnosis of the claims the
     study does not reproduce (issue: every such claim explained with evidence), docs/demo-study-notes.md, is
     appended to the main study's page, so that re-publishing never loses it; its absence is said in the page.
-    Another `name` (the second study of the stability check, e.g. "demo-study-seed100") gets a pointer to it."""
+    Another `name` (the second study of the stability check, e.g. "demo-study-seed100", or a continuation such
+    as "demo-study-chapter3-long") gets `reading` instead: what the page is and where its diagnosis is."""
     out, docs = Path(out), Path(docs)
     figures = docs / name
     if figures.exists():
@@ -661,9 +667,7 @@ def publish_study(out: str | Path, docs: str | Path = REPO_ROOT / "docs", name: 
         "](probe/probe_ap.png)", f"]({name}/probe_ap.png)")
     notes = docs / "demo-study-notes.md"
     if name != STUDY_NAME:
-        text += ("\n\n## Reading this study\n\nThis is the second study of the stability check. The verdicts of "
-                 "both studies side by side, and the diagnosis of every claim not reproduced, are in "
-                 "docs/demo-study.md.\n")
+        text += f"\n\n## Reading this study\n\n{reading}\n"
     else:
         text += "\n\n" + (notes.read_text() if notes.is_file() else
                             "## Why the claims not reproduced are not\n\nNo diagnosis written yet "

@@ -288,3 +288,7 @@ def test_publish_study_appends_the_hand_written_notes_and_keeps_them(tmp_path):
     assert "](demo-study-seed100/curve.png)" in second and "the world has no domain gap" not in second
     assert "docs/demo-study.md" in second and (docs / "demo-study-seed100" / "curve.png").is_file()
     assert (docs / "demo-study.md").read_text() == page  # the main study's page is untouched
+    publish_study(out, docs, name="demo-study-chapter3-long", reading="The Chapter-3 runs continued to 2500 steps.")
+    continued = (docs / "demo-study-chapter3-long.md").read_text()
+    assert continued.rstrip().endswith("The Chapter-3 runs continued to 2500 steps.")
+    assert "stability check" not in continued and (docs / "demo-study.md").read_text() == page
