@@ -52,6 +52,19 @@ def test_demo_quick_end_to_end_then_cached(tmp_path):
             "lighting"].items()} == {f"without {effect}": 0.0 for effect in REAL_EFFECTS}
     assert "Attribution" in (out / "domain_gap" / "faces.md").read_text()
     assert set(gap["summary"]) >= {"SharinGAN (proposed)", "SfSNet (no SharinGAN)"}
+    # both prompt forms on the same phrases: the templates change the prompts; the prompt-blind floor scores
+    # exactly alike with either, every trained model is scored
+    from demo.prompt_forms import prompt_form_loaders, score_prompt_forms
+
+    loaders = prompt_form_loaders(out)
+    templated, raw = ([loader.dataset[item]["prompt"] for item in loader.sampler] for loader in loaders.values())
+    assert len(templated) == len(raw) and sum(a != b for a, b in zip(templated, raw)) > len(raw) // 2
+    assert templated == [loaders["templated"].dataset[item]["prompt"] for item in loaders["templated"].sampler]
+    rows = score_prompt_forms(out)
+    trained = {part for part in status["ldznet_train"]["result"]["parts"]}
+    assert {row["part"] for row in rows if row["stage"] == "ldznet_train"} == trained
+    floors = [row for row in rows if row["stage"] == "floor_image_only"]
+    assert floors and all(row["templated"] == row["raw"] for row in floors), floors
 
 
 @pytest.mark.slow
