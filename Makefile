@@ -44,7 +44,7 @@ demo-quick: $(STAMP) ## a few-minute version of the miniature for smoke checks
 demo-study: $(STAMP) ## the miniature's evidence: 3 seeds, longer training, learning curves (~75-90 min on 2 cores); writes docs/demo-study.md
 	$(PY) -m demo --study --publish $(ARGS)
 
-demo-study-chapter3-long: $(STAMP) ## after demo-study: its Chapter-3 runs continued to 2500 steps (~45 min on 2 cores; runs/demo-study-chapter3-long)
+demo-study-chapter3-long: $(STAMP) ## after demo-study: its Chapter-3 runs continued to 2500 steps (~50 min on 2 cores; runs/demo-study-chapter3-long)
 	test -d runs/demo-study-chapter3-long || cp -r runs/demo-study runs/demo-study-chapter3-long
 	$(PY) -m demo --config experiments/demo/study_chapter3_long.yaml $(ARGS)
 

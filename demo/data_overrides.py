@@ -49,8 +49,9 @@ def ldznet_seed_config(ctx: Any, seed: int, out: Path):
 def continue_chapter3_part(ctx: Any, stage: str, part: str, cfg: Any) -> None:
     """With `continue_from` in the stage's config (demo key `continue_from`: a finished run folder of the same
     plan), set `cfg.resume` to the newest checkpoints/last.ckpt of the same stage part there, so that this part
-    trains on from it (ldznet.train's exact resume) to its own, longer `schedule.train_samples`. A missing
-    checkpoint raises naming the folder searched."""
+    trains on from it (ldznet.train's resume: weights, optimiser, EMA, scheduler, data position) to its own,
+    longer `schedule.train_samples`. From a run's final checkpoint this is not bit-identical to an uninterrupted
+    longer run (Lightning closed the partial epoch at the stop). A missing checkpoint raises naming the folder."""
     source = ctx.config.get("continue_from")
     if not source:
         return
