@@ -24,16 +24,25 @@ from common.config import load_config
 from common.resilience import SeededSamples
 from demo.data_overrides import ldznet_data_overrides
 from demo.plan import DEMO_EXPERIMENTS
+from demo.stages import read_marker
 
 PROMPT_FORMS = {"templated": "random", "raw": "raw"}  # label -> PhraseCut prompt_mode
 
 
-def newest_segmenter(folder: Path) -> Path:
-    """The newest `segmenter.pt` under a demo part folder (its runs/chapter3/<experiment>/<run>/)."""
-    found = sorted(folder.glob("runs/chapter3/*/*/segmenter.pt"), key=lambda path: path.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no runs/chapter3/*/*/segmenter.pt under {folder}")
-    return found[-1]
+def trained_segmenters(run: Path) -> list[tuple[str, str, str]]:
+    """(stage, part, segmenter path) of every finished Chapter-3 training part of `run`, as its stage markers
+    (`<stage>/DONE.json`, demo.stages) record them: ldznet_train's (seed, model) parts, then the image-only
+    floor's seeds."""
+    found = []
+    for stage in ("ldznet_train", "floor_image_only"):
+        marker = read_marker(run / stage / "DONE.json")
+        if marker is None:
+            raise FileNotFoundError(f"{run / stage / 'DONE.json'}: stage {stage} has not finished in {run}")
+        result = marker["result"]
+        parts = result["parts"] if stage == "ldznet_train" else {f"seed{seed}": entry
+                                                                 for seed, entry in result["seeds"].items()}
+        found += [(stage, part, entry["segmenter"]) for part, entry in sorted(parts.items())]
+    return found
 
 
 def prompt_form_loaders(run: Path, split: str = "val", batch_size: int = 16) -> dict[str, DataLoader]:
@@ -62,19 +71,13 @@ def score_prompt_forms(run: str | Path, split: str = "val") -> list[dict]:
 
     run = Path(run)
     loaders = prompt_form_loaders(run, split)
-    parts = [("ldznet_train", folder) for folder in sorted((run / "ldznet_train").glob("seed*_*")) if folder.is_dir()]
-    parts += [("floor_image_only", folder) for folder in sorted((run / "floor_image_only").glob("seed*"))
-              if folder.is_dir()]
-    if not parts:
-        raise FileNotFoundError(f"{run}: no ldznet_train/seed*_* or floor_image_only/seed* part folders")
     rows = []
-    for stage, folder in parts:
-        segmenter = newest_segmenter(folder)
+    for stage, part, segmenter in trained_segmenters(run):
         model = load_segmenter(segmenter, device="cpu", task="phrasecut",
                                stable_diffusion_path=str(run / "tiny_ldm" / "stable_diffusion"))
         if stage == "floor_image_only":
             model = PromptBlind(model)
-        row = {"stage": stage, "part": folder.name, "segmenter": str(segmenter)}
+        row = {"stage": stage, "part": part, "segmenter": segmenter}
         for label, loader in loaders.items():
             metrics = evaluate_segmenter(model, loader, progress=False)
             row[label] = {"miou_best": float(metrics["miou_best"]), "ap": float(metrics["ap"])}
