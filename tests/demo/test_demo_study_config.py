@@ -70,3 +70,17 @@ def test_a_continued_part_resumes_from_the_newest_checkpoint_of_the_same_part(tm
     untouched = OmegaConf.create({"model": {"variant": "znet"}, "resume": None})
     continue_chapter3_part(SimpleNamespace(config={}), "ldznet_train", "seed1_znet", untouched)
     assert untouched.resume is None
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "study.yaml"])
+def test_chapter3_validation_reads_the_tables_prompt_form_on_every_val_phrase(name):
+    """The plateau check and the curves read the PhraseCut table's metric: the validation passes the phrase as the
+    test protocol does (with random templates the curve kept rising after the raw-phrase test rows had stopped,
+    docs/demo-study-notes.md), on the whole validation split, not on its first few phrases."""
+    from ldznet.pipeline import evaluation_nodes
+
+    composed = _stages(name)["ldznet"]["composed"]
+    test_node = evaluation_nodes(OmegaConf.create(composed))["phrasecut"]
+    assert composed["data"]["val"]["prompt_mode"] == test_node["prompt_mode"] == "raw"
+    assert composed["data"]["val"]["split"] == "val" and test_node["split"] == "test"
+    assert composed["data"]["val_limit"] is None
