@@ -3,6 +3,7 @@ stages of `demo.plan` and by the floors of `demo.floors`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,14 @@ def continue_chapter3_part(ctx: Any, stage: str, part: str, cfg: Any) -> None:
         return
     experiment = str(cfg.get("experiment") or cfg.model.variant)
     cfg.resume = str(resolve_resume("last", Path(source) / stage / part / "runs" / "chapter3" / experiment))
+
+
+def evaluated_checkpoint(run: Mapping, weights: str | None) -> str:
+    """The file a Chapter-3 training part's model is evaluated from: its segmenter.pt (`final`, default) or its
+    `checkpoints/best.ckpt` (`best`; demo.plan.chapter3_weights). A missing best.ckpt raises naming the file."""
+    if (weights or "final") == "final":
+        return str(run["segmenter"])
+    best = Path(run["run_dir"]) / "checkpoints" / "best.ckpt"
+    if not best.is_file():
+        raise FileNotFoundError(f"chapter3_weights=best: {best} is missing (the run validated no point?)")
+    return str(best)

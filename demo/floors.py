@@ -30,7 +30,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from common.config import load_config
-from demo.data_overrides import continue_chapter3_part, depth_data_overrides, faces_data_overrides, ldznet_seed_config
+from demo.data_overrides import (
+    continue_chapter3_part,
+    depth_data_overrides,
+    evaluated_checkpoint,
+    faces_data_overrides,
+    ldznet_seed_config,
+)
 from demo.per_image import (
     depth_per_image,
     faces_per_image,
@@ -248,7 +254,8 @@ def run_floors_segmentation(ctx: StageContext) -> dict:
         floors[name][ALL_FOREGROUND]["-"] = evaluate_segmenter(AllForeground(), loader, progress=False)
         arrays[per_image_key(ALL_FOREGROUND, None, name, "iou_curves")] = segmentation_curves(AllForeground(), loader)
     for seed, run in image_only.items():  # each model is loaded once and scored on every evaluation set
-        model = PromptBlind(load_segmenter(run["segmenter"], device="cpu", variant=variant, task=str(cfg.task)))
+        checkpoint = evaluated_checkpoint(run, c.get("chapter3_weights"))  # the trained rows': ldznet stage
+        model = PromptBlind(load_segmenter(checkpoint, device="cpu", variant=variant, task=str(cfg.task)))
         for name, loader in loaders.items():
             floors[name][IMAGE_ONLY][seed] = evaluate_segmenter(model, loader, progress=False)
             arrays[per_image_key(IMAGE_ONLY, seed, name, "iou_curves")] = segmentation_curves(model, loader)

@@ -29,7 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.config import EXPERIMENTS_ROOT, load_config
 from demo import floors
-from demo.data_overrides import continue_chapter3_part, depth_data_overrides, faces_data_overrides, ldznet_seed_config
+from demo.data_overrides import (
+    continue_chapter3_part,
+    depth_data_overrides,
+    evaluated_checkpoint,
+    faces_data_overrides,
+    ldznet_seed_config,
+)
 from demo.stages import Stage, StageContext, StageNotRunnable, plain, seed_of
 
 DEMO_EXPERIMENTS = EXPERIMENTS_ROOT / "demo"
@@ -175,9 +181,11 @@ def run_ldznet_seed(ctx: StageContext, part: str, folder: Path) -> dict:
     trained = {run["variant"]: run for name, run in ctx.results["ldznet_train"]["parts"].items()
                if seed_of(name) == seed}
     cfg = ldznet_seed_config(ctx, seed, folder)
-    cfg.pipeline.checkpoints = {variant: run["segmenter"] for variant, run in trained.items()}
+    evaluated = {variant: evaluated_checkpoint(run, ctx.config.get("chapter3_weights"))
+                 for variant, run in trained.items()}
+    cfg.pipeline.checkpoints = evaluated
     summary = run_pipeline(cfg)
-    runs = {variant: {"run_dir": trained[variant]["run_dir"], "segmenter": trained[variant]["segmenter"],
+    runs = {variant: {"run_dir": trained[variant]["run_dir"], "segmenter": evaluated[variant],
                       "trained_here": True} for variant in summary["runs"]}
     return {"out": str(folder / "pipeline"), "results": summary["results"], "runs": runs,
             "tables": summary.get("tables", [])}
@@ -216,6 +224,20 @@ def continue_from(cfg: DictConfig) -> dict:
     return {"continue_from": str(source)}
 
 
+CHAPTER3_WEIGHTS = ("final", "best")
+
+
+def chapter3_weights(cfg: DictConfig) -> dict:
+    """{} for the default `chapter3_weights: final` (each Chapter-3 run's final EMA weights, segmenter.pt), or
+    {"chapter3_weights": "best"}: each run's `checkpoints/best.ckpt`, the EMA weights at the validation point
+    with the highest `val/miou_best` (early stopping on PhraseCut val; the tables score the test split). Added
+    only to the stage configs that evaluate, and only when not the default, so other runs keep their keys."""
+    choice = str(cfg.get("chapter3_weights") or "final")
+    if choice not in CHAPTER3_WEIGHTS:
+        raise ValueError(f"chapter3_weights must be one of {CHAPTER3_WEIGHTS}, got {choice!r}")
+    return {} if choice == "final" else {"chapter3_weights": choice}
+
+
 def build_stages(cfg: DictConfig) -> list[Stage]:
     seeds = seeds_of(cfg)
     world_seed = int(cfg.world_seed)
@@ -239,6 +261,7 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
     continued = continue_from(cfg)
     training = chapter("ldznet") | continued
     image_only = chapter("ldznet") | continued | {"image_only_variant": str(cfg.floors.image_only_variant)}
+    weights = chapter3_weights(cfg)  # which checkpoint of each Chapter-3 run the evaluating stages score
 
     return [  # plan order = priority with jobs > 1: the long chain (tiny LDM -> Chapter 3) and long units first
         Stage("world_shapes", run_world_shapes, world("shapes"),
@@ -272,7 +295,7 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
         Stage("probe", run_probe, chapter("probe"), needs=("world_shapes", "tiny_ldm"),
               requires=("ldznet.analysis.probe",), code=("ldznet", "common"),
               description="Fig 3.4: AP of a small decoder per (spatial-attention block, timestep)"),
-        Stage("ldznet", combine_seeds, chapter("ldznet"), needs=("world_shapes", "tiny_ldm", "ldznet_train"),
+        Stage("ldznet", combine_seeds, chapter("ldznet") | weights, needs=("world_shapes", "tiny_ldm", "ldznet_train"),
               parts=per_seed, run_part=run_ldznet_seed, requires=("ldznet.pipeline",), code=("ldznet", "common"),
               description="Chapter 3 evaluation: the trained models on PhraseCut, AIGI, RefCOCO (ldznet.pipeline)"),
         Stage("floors_depth", floors.run_floors_depth, chapter("depth"), needs=("world_street", "depth"),
@@ -284,7 +307,7 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
               code=("demo.floors", "demo.per_image", "demo.data_overrides", "sharingan", "common"),
               description="face floor (frontal normal, mean training lighting) + per-image errors of every row"),
         Stage("floors_segmentation", floors.run_floors_segmentation,
-              image_only, needs=("world_shapes", "tiny_ldm", "ldznet", "floor_image_only"),
+              image_only | weights, needs=("world_shapes", "tiny_ldm", "ldznet", "floor_image_only"),
               requires=("ldznet.pipeline",),
               code=("demo.floors", "demo.per_image", "demo.data_overrides", "ldznet", "common"),
               description="segmentation floors (all foreground, image-only model) + per-sample IoU of every row"),

@@ -542,6 +542,10 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
              f"took {seconds:.0f} s (cached stages reused). Procedural worlds, tiny networks, minutes of CPU: these "
              "numbers test the code path and the *direction* of the dissertation's claims, not its values; the "
              "paper's numbers need the real datasets and weights (docs/demo.md).", ""]
+    if str(cfg.get("chapter3_weights") or "final") == "best":
+        lines += ["**Chapter-3 rows are scored at early stopping**: each run's `best.ckpt`, the EMA weights at its "
+                  "validation point with the highest PhraseCut-val mIoU (`chapter3_weights=best`), not its final "
+                  "weights. The floors' image-only model too.", ""]
     if seeds < 2:
         lines += ["**The verdicts below are indicative**: one training seed, so the rule's noise is the evaluation "
                   "noise only (bootstrap over test images); seed-to-seed variation is not measured. "

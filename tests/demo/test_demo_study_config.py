@@ -84,3 +84,26 @@ def test_chapter3_validation_reads_the_tables_prompt_form_on_every_val_phrase(na
     assert composed["data"]["val"]["prompt_mode"] == test_node["prompt_mode"] == "raw"
     assert composed["data"]["val"]["split"] == "val" and test_node["split"] == "test"
     assert composed["data"]["val_limit"] is None
+
+
+def test_chapter3_weights_best_changes_only_the_evaluating_stages_and_picks_best_ckpt(tmp_path):
+    """`chapter3_weights=best` scores each Chapter-3 run's best.ckpt (early stopping on the validation split);
+    it enters the keys of the two stages that evaluate, and nothing else; a missing best.ckpt names the file."""
+    from demo.data_overrides import evaluated_checkpoint
+
+    study = _stages("study.yaml")
+    best = {stage.name: stage.config for stage in build_stages(
+        load_config(DEMO_EXPERIMENTS / "study.yaml", ["chapter3_weights=best"]))}
+    changed = {name for name in study if study[name] != best[name]}
+    assert changed == {"ldznet", "floors_segmentation"}, changed
+    assert "chapter3_weights" not in study["ldznet"]
+    with pytest.raises(ValueError, match="chapter3_weights must be one of"):
+        build_stages(load_config(DEMO_EXPERIMENTS / "study.yaml", ["chapter3_weights=newest"]))
+
+    run = {"run_dir": str(tmp_path), "segmenter": str(tmp_path / "segmenter.pt")}
+    assert evaluated_checkpoint(run, None) == evaluated_checkpoint(run, "final") == run["segmenter"]
+    with pytest.raises(FileNotFoundError, match="best.ckpt"):
+        evaluated_checkpoint(run, "best")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"")
+    assert evaluated_checkpoint(run, "best") == str(tmp_path / "checkpoints" / "best.ckpt")
