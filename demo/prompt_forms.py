@@ -1,8 +1,9 @@
 """Does a Chapter-3 model score alike with the prompt form it was trained on and the one the tables use?
 
-Training and the in-training validation pass each phrase through a random CLIPSeg template ("a photo of a
-{}.", ...; `prompt_mode: random`, as the released LD-ZNet code does); the test protocol passes the raw phrase
-(`prompt_mode: raw`, CLIPSeg's scoring; docs/protocols.md §5). This scores every trained model of a demo run
+Training passes each phrase through a random CLIPSeg template ("a photo of a {}.", ...; `prompt_mode: random`,
+as the released LD-ZNet code does, which also validates that way); the test protocol passes the raw phrase
+(`prompt_mode: raw`, CLIPSeg's scoring; docs/protocols.md §5), and so, since this finding, does the demo's
+validation (experiments/demo/ldznet.yaml). This scores every trained model of a demo run
 folder (and the image-only floor, which ignores the prompt: its two scores must be equal) on the same
 PhraseCut-layout phrases both ways, through the evaluation code of the tables (ldznet.eval). Evidence for
 docs/demo-study-notes.md, "Chapter 3 at 2.5x the length".
