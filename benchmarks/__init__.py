@@ -5,6 +5,7 @@ One file per idea:
     sharingan     one SharinGAN training iteration (5 critic, G, T steps) and G / T / D separately (§2.2)
     loaders       images per second per worker of the KITTI, vKITTI and PhraseCut loaders (real formats)
     memory        peak memory of one LD-ZNet training step (batch, checkpointing, bf16)
+    training_step one Chapter-3 training step phase by phase; AdamW for-loop / foreach / fused (bit-identical?)
     timing        warm-up / repeats / median / CUDA sync, peak memory (CUDA allocator or process RSS)
     report        JSON + Markdown results with device, versions and date
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-BENCHMARKS = ("segmentation", "sharingan", "loaders", "memory")
+BENCHMARKS = ("segmentation", "sharingan", "loaders", "memory", "training_step")
 
 
 def load_benchmark(name: str) -> Callable:

@@ -30,7 +30,7 @@ def test_each_benchmark_runs_quick_and_writes_json_and_markdown(name, tmp_path):
 
 def test_full_sets_match_the_issue():
     """The CUDA set is the issue's full set; the CPU set says what it reduced."""
-    from benchmarks import loaders, memory, segmentation, sharingan
+    from benchmarks import loaders, memory, segmentation, sharingan, training_step
 
     cuda = Context(torch.device("cpu"), "cuda")  # plans only; nothing runs
     cpu = Context(torch.device("cpu"), "cpu")
@@ -40,7 +40,8 @@ def test_full_sets_match_the_issue():
     assert sharingan.plan(cuda)["depth"] == {"size": [192, 640], "batch": 2}
     assert sharingan.plan(cuda)["faces"] == {"size": [128, 128], "batch": 16}
     assert memory.plan(cuda)["batches"] == [1, 2, 4] and memory.plan(cuda)["architecture"] == "sd"
-    for module in (segmentation, sharingan, memory, loaders):
+    assert training_step.plan(cuda)["architecture"] == "sd"
+    for module in (segmentation, sharingan, memory, loaders, training_step):
         assert module.plan(cuda)["reductions"] == []
         assert module.plan(cpu)["reductions"]
 

@@ -1,0 +1,166 @@
+"""Where one Chapter-3 training step spends its time, and what each AdamW implementation costs (§3.3 training).
+
+One step = what `ldznet.lit_module.SegmenterLitModule` does per batch: the loss (`_loss`: frozen CLIP text,
+the input stage — learnable RGB stem, or the frozen VAE encoder for ZNet and LD-ZNet — the frozen LDM features
+for LD-ZNet, the trainable UNet and head, BCE with logits), backward, the AdamW step and the EMA update of the
+trainable weights. Each phase is timed on its own (data loading excluded), for RGBNet, ZNet and LD-ZNet on
+the same random batch, interleaved step by step so that machine drifts hit the three alike.
+
+The optimiser table runs AdamW over each model's trainable weights with three implementations —
+the for-loop one (the default on the CPU), `foreach=True` and `fused=True` (`performance.fused_optimizer`,
+common.performance) — from the same weights on the same fixed gradients, and says whether each ends
+bit-identical to the for-loop one: an implementation that is, can be switched on without changing any
+result; one that is not changes the numerics, and runs made with the other one are not reproduced bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from benchmarks.memory import make_batch
+from benchmarks.segmentation import parameter_millions, tokenizer_for_benchmarks
+from benchmarks.timing import Context, progress, release_memory, synchronize
+from ldznet.config import model_defaults, optim_defaults
+from ldznet.lit_module import SegmenterLitModule
+from ldznet.stable_diffusion import build_random_components
+
+VARIANTS = ("rgbnet", "znet", "ldznet")
+NAMES = {"rgbnet": "RGBNet", "znet": "ZNet", "ldznet": "LD-ZNet"}
+PHASES = ("loss (forward)", "backward", "AdamW step", "EMA update")
+IMPLEMENTATIONS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def plan(context: Context) -> dict:
+    if context.quick:
+        return {"architecture": "tiny", "image_size": 64, "batch": 2, "warmup": 1, "steps": 2,
+                "optimizer_steps": 3, "reductions": ["quick: 1 warm-up + 2 timed steps at batch 2"]}
+    if context.full:
+        return {"architecture": "sd", "image_size": 384, "batch": 4, "warmup": 3, "steps": 10,
+                "optimizer_steps": 10, "reductions": []}
+    return {"architecture": "tiny", "image_size": 64, "batch": 8, "warmup": 5, "steps": 30, "optimizer_steps": 25,
+            "reductions": ["cpu: the tiny SD topology (ldznet.tiny_configs) at 64x64, batch 8: the miniature's "
+                           "(make demo) scale, where the question of this benchmark arises; an SD-sized step "
+                           "takes minutes on a CPU (benchmarks memory)"]}
+
+
+def build_module(variant: str, settings: dict, tokenizer) -> SegmenterLitModule:
+    torch.manual_seed(0)
+    components = build_random_components(settings["architecture"], tokenizer)
+    return SegmenterLitModule(model_defaults(variant=variant, image_size=settings["image_size"],
+                                             gradient_checkpointing=False), optim_defaults(ema=True),
+                              components=components)
+
+
+def timed(device: torch.device, call) -> tuple[float, object]:
+    synchronize(device)
+    start = time.perf_counter()
+    out = call()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1000.0, out
+
+
+def training_phases(module: SegmenterLitModule, optimizer, batch: dict, device: torch.device) -> dict[str, float]:
+    """One training step, each phase timed (ms)."""
+    loss_ms, (loss, _) = timed(device, lambda: module._loss(batch))
+    backward_ms, _ = timed(device, loss.backward)
+    step_ms, _ = timed(device, lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
+    ema_ms, _ = timed(device, lambda: module.ema.update(module.model))
+    return dict(zip(PHASES, (loss_ms, backward_ms, step_ms, ema_ms)))
+
+
+def optimizer_rows(module: SegmenterLitModule, name: str, steps: int, device: torch.device) -> list[dict]:
+    """AdamW implementations on copies of `module`'s trainable weights, on the same fixed gradients."""
+    start = [p.detach().clone() for p in module.model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(1)
+    gradients = [(torch.randn(p.shape, generator=generator) * 1e-3).to(device) for p in start]
+    finals, times = {}, {}
+    for label, options in IMPLEMENTATIONS.items():
+        weights = [torch.nn.Parameter(p.clone()) for p in start]
+        try:
+            optimizer = torch.optim.AdamW(weights, lr=4e-4, weight_decay=0.01, **options)
+        except (RuntimeError, ValueError) as error:  # e.g. no fused kernel for this device
+            times[label] = f"not available: {error}"
+            continue
+        elapsed = []
+        for _ in range(steps):
+            for weight, gradient in zip(weights, gradients):
+                weight.grad = gradient.clone()
+            ms, _ = timed(device, optimizer.step)
+            elapsed.append(ms)
+        times[label] = sorted(elapsed)[len(elapsed) // 2]
+        finals[label] = [w.detach() for w in weights]
+    reference = finals["for-loop"]
+    rows = []
+    for label in IMPLEMENTATIONS:
+        if isinstance(times[label], str):
+            rows.append({"model": name, "implementation": label, "median_step_ms": None,
+                         "time_ratio_to_for_loop": None, "bit_identical_to_for_loop": None,
+                         "max_abs_difference": None, "note": times[label]})
+            continue
+        difference = max((a - b).abs().max().item() for a, b in zip(finals[label], reference))
+        rows.append({"model": name, "implementation": label, "median_step_ms": times[label],
+                     "time_ratio_to_for_loop": times[label] / times["for-loop"],
+                     "bit_identical_to_for_loop": all(torch.equal(a, b) for a, b in zip(finals[label], reference)),
+                     "max_abs_difference": f"{difference:.1e}", "note": ""})
+    return rows
+
+
+def run(context: Context) -> dict:
+    settings = plan(context)
+    device = context.device
+    tokenizer = tokenizer_for_benchmarks()
+    modules, optimizers, sizes = {}, {}, {}
+    for variant in VARIANTS:
+        module = build_module(variant, settings, tokenizer).to(device).train()
+        trainable = [p for p in module.model.parameters() if p.requires_grad]
+        modules[variant] = module
+        optimizers[variant] = torch.optim.AdamW(trainable, lr=4e-4, weight_decay=0.01)  # the default on this device
+        sizes[variant] = {**parameter_millions(module.model), "trainable_tensors": len(trainable)}
+    batch = make_batch(settings["batch"], settings["image_size"], device)
+    totals = {variant: {phase: [] for phase in PHASES} for variant in VARIANTS}
+    for step in range(settings["warmup"] + settings["steps"]):
+        for variant in VARIANTS:  # round-robin: drifts hit every model alike
+            phases = training_phases(modules[variant], optimizers[variant], batch, device)
+            if step >= settings["warmup"]:
+                for phase, ms in phases.items():
+                    totals[variant][phase].append(ms)
+    progress("training steps timed")
+    phase_rows = []
+    for variant in VARIANTS:
+        medians = {phase: sorted(v)[len(v) // 2] for phase, v in totals[variant].items()}
+        total = sum(medians.values())
+        phase_rows.append({"model": NAMES[variant], "trainable_tensors": sizes[variant]["trainable_tensors"],
+                           "trainable_params_m": sizes[variant]["trainable_params_m"],
+                           **{f"{phase} ms": ms for phase, ms in medians.items()}, "step ms": total,
+                           "AdamW + EMA share": (medians["AdamW step"] + medians["EMA update"]) / total})
+    optimizer_table = []
+    for variant in VARIANTS:
+        optimizer_table += optimizer_rows(modules[variant], NAMES[variant], settings["optimizer_steps"], device)
+        progress(f"{NAMES[variant]}: AdamW implementations compared")
+    del modules, optimizers
+    release_memory(device)
+    return {
+        "name": "training_step",
+        "title": f"One Chapter-3 training step, phase by phase, at {settings['image_size']}x{settings['image_size']}, "
+                 f"batch {settings['batch']}",
+        "settings": {k: v for k, v in settings.items() if k != "reductions"},
+        "reductions": settings["reductions"],
+        "tables": [
+            {"title": f"Median ms per phase over {settings['steps']} steps after {settings['warmup']} warm-up "
+                      f"(the default AdamW of this device; data loading excluded)",
+             "columns": ["model", "trainable_tensors", "trainable_params_m", *(f"{p} ms" for p in PHASES), "step ms",
+                         "AdamW + EMA share"], "rows": phase_rows},
+            {"title": f"AdamW implementations: median ms per step over {settings['optimizer_steps']} steps, and "
+                      "whether the weights end bit-identical to the for-loop implementation's",
+             "columns": ["model", "implementation", "median_step_ms", "time_ratio_to_for_loop",
+                         "bit_identical_to_for_loop", "max_abs_difference", "note"], "rows": optimizer_table},
+        ],
+        "notes": ["The phases are those of SegmenterLitModule.training_step and optimizer_step, outside Lightning "
+                  "(its own overhead per step is not included).",
+                  "On the CPU PyTorch's default AdamW is the for-loop implementation; foreach and fused are what "
+                  "`foreach=True` and `performance.fused_optimizer=true` select.",
+                  "A bit-identical implementation can be switched on without changing any result; the others "
+                  "change the numerics (all earlier runs would no longer be reproduced bit for bit)."],
+    }
