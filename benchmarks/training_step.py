@@ -4,7 +4,8 @@ One step = what `ldznet.lit_module.SegmenterLitModule` does per batch: the loss 
 the input stage — learnable RGB stem, or the frozen VAE encoder for ZNet and LD-ZNet — the frozen LDM features
 for LD-ZNet, the trainable UNet and head, BCE with logits), backward, the AdamW step and the EMA update of the
 trainable weights. Each phase is timed on its own (data loading excluded), for RGBNet, ZNet and LD-ZNet on
-the same random batch, interleaved step by step so that machine drifts hit the three alike.
+the same random batch, one model after the other (an SD-sized model with its AdamW and EMA state takes ~20 GB:
+the three are not held together).
 
 The optimiser table runs AdamW over each model's trainable weights with three implementations —
 the for-loop one (the default on the CPU), `foreach=True` and `fused=True` (`performance.fused_optimizer`,
@@ -71,17 +72,20 @@ def training_phases(module: SegmenterLitModule, optimizer, batch: dict, device: 
 
 
 def optimizer_rows(module: SegmenterLitModule, name: str, steps: int, device: torch.device) -> list[dict]:
-    """AdamW implementations on copies of `module`'s trainable weights, on the same fixed gradients."""
+    """AdamW implementations on copies of `module`'s trainable weights, on the same fixed gradients; the for-loop
+    one first (the reference), each other compared with it as soon as it has run."""
     start = [p.detach().clone() for p in module.model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(1)
     gradients = [(torch.randn(p.shape, generator=generator) * 1e-3).to(device) for p in start]
-    finals, times = {}, {}
+    reference, reference_ms, rows = None, None, []
     for label, options in IMPLEMENTATIONS.items():
         weights = [torch.nn.Parameter(p.clone()) for p in start]
+        row = {"model": name, "implementation": label, "median_step_ms": None, "time_ratio_to_for_loop": None,
+               "bit_identical_to_for_loop": None, "max_abs_difference": None, "note": ""}
         try:
             optimizer = torch.optim.AdamW(weights, lr=4e-4, weight_decay=0.01, **options)
         except (RuntimeError, ValueError) as error:  # e.g. no fused kernel for this device
-            times[label] = f"not available: {error}"
+            rows.append({**row, "note": f"not available: {error}"})
             continue
         elapsed = []
         for _ in range(steps):
@@ -89,21 +93,16 @@ def optimizer_rows(module: SegmenterLitModule, name: str, steps: int, device: to
                 weight.grad = gradient.clone()
             ms, _ = timed(device, optimizer.step)
             elapsed.append(ms)
-        times[label] = sorted(elapsed)[len(elapsed) // 2]
-        finals[label] = [w.detach() for w in weights]
-    reference = finals["for-loop"]
-    rows = []
-    for label in IMPLEMENTATIONS:
-        if isinstance(times[label], str):
-            rows.append({"model": name, "implementation": label, "median_step_ms": None,
-                         "time_ratio_to_for_loop": None, "bit_identical_to_for_loop": None,
-                         "max_abs_difference": None, "note": times[label]})
-            continue
-        difference = max((a - b).abs().max().item() for a, b in zip(finals[label], reference))
-        rows.append({"model": name, "implementation": label, "median_step_ms": times[label],
-                     "time_ratio_to_for_loop": times[label] / times["for-loop"],
-                     "bit_identical_to_for_loop": all(torch.equal(a, b) for a, b in zip(finals[label], reference)),
-                     "max_abs_difference": f"{difference:.1e}", "note": ""})
+        median = sorted(elapsed)[len(elapsed) // 2]
+        final = [w.detach() for w in weights]
+        del optimizer
+        if reference is None:
+            reference, reference_ms = final, median
+        difference = max((a - b).abs().max().item() for a, b in zip(final, reference))
+        rows.append({**row, "median_step_ms": median, "time_ratio_to_for_loop": median / reference_ms,
+                     "bit_identical_to_for_loop": all(torch.equal(a, b) for a, b in zip(final, reference)),
+                     "max_abs_difference": f"{difference:.1e}"})
+        del weights, final
     return rows
 
 
@@ -111,36 +110,29 @@ def run(context: Context) -> dict:
     settings = plan(context)
     device = context.device
     tokenizer = tokenizer_for_benchmarks()
-    modules, optimizers, sizes = {}, {}, {}
+    batch = make_batch(settings["batch"], settings["image_size"], device)
+    phase_rows, optimizer_table = [], []
     for variant in VARIANTS:
         module = build_module(variant, settings, tokenizer).to(device).train()
         trainable = [p for p in module.model.parameters() if p.requires_grad]
-        modules[variant] = module
-        optimizers[variant] = torch.optim.AdamW(trainable, lr=4e-4, weight_decay=0.01)  # the default on this device
-        sizes[variant] = {**parameter_millions(module.model), "trainable_tensors": len(trainable)}
-    batch = make_batch(settings["batch"], settings["image_size"], device)
-    totals = {variant: {phase: [] for phase in PHASES} for variant in VARIANTS}
-    for step in range(settings["warmup"] + settings["steps"]):
-        for variant in VARIANTS:  # round-robin: drifts hit every model alike
-            phases = training_phases(modules[variant], optimizers[variant], batch, device)
+        optimizer = torch.optim.AdamW(trainable, lr=4e-4, weight_decay=0.01)  # the default on this device
+        times = {phase: [] for phase in PHASES}
+        for step in range(settings["warmup"] + settings["steps"]):
+            phases = training_phases(module, optimizer, batch, device)
             if step >= settings["warmup"]:
                 for phase, ms in phases.items():
-                    totals[variant][phase].append(ms)
-    progress("training steps timed")
-    phase_rows = []
-    for variant in VARIANTS:
-        medians = {phase: sorted(v)[len(v) // 2] for phase, v in totals[variant].items()}
+                    times[phase].append(ms)
+        medians = {phase: sorted(v)[len(v) // 2] for phase, v in times.items()}
         total = sum(medians.values())
-        phase_rows.append({"model": NAMES[variant], "trainable_tensors": sizes[variant]["trainable_tensors"],
-                           "trainable_params_m": sizes[variant]["trainable_params_m"],
+        phase_rows.append({"model": NAMES[variant], "trainable_tensors": len(trainable),
+                           "trainable_params_m": parameter_millions(module.model)["trainable_params_m"],
                            **{f"{phase} ms": ms for phase, ms in medians.items()}, "step ms": total,
                            "AdamW + EMA share": (medians["AdamW step"] + medians["EMA update"]) / total})
-    optimizer_table = []
-    for variant in VARIANTS:
-        optimizer_table += optimizer_rows(modules[variant], NAMES[variant], settings["optimizer_steps"], device)
-        progress(f"{NAMES[variant]}: AdamW implementations compared")
-    del modules, optimizers
-    release_memory(device)
+        del optimizer, trainable
+        optimizer_table += optimizer_rows(module, NAMES[variant], settings["optimizer_steps"], device)
+        progress(f"{NAMES[variant]}: {total:.0f} ms per step; AdamW implementations compared")
+        del module
+        release_memory(device)
     return {
         "name": "training_step",
         "title": f"One Chapter-3 training step, phase by phase, at {settings['image_size']}x{settings['image_size']}, "
