@@ -21,14 +21,12 @@ import time
 import torch
 
 from benchmarks.memory import make_batch
-from benchmarks.segmentation import parameter_millions, tokenizer_for_benchmarks
-from benchmarks.timing import Context, progress, release_memory, synchronize
+from benchmarks.segmentation import NAMES, VARIANTS, parameter_millions, tokenizer_for_benchmarks
+from benchmarks.timing import Context, progress, release_memory, summarize, synchronize
 from ldznet.config import model_defaults, optim_defaults
 from ldznet.lit_module import SegmenterLitModule
 from ldznet.stable_diffusion import build_random_components
 
-VARIANTS = ("rgbnet", "znet", "ldznet")
-NAMES = {"rgbnet": "RGBNet", "znet": "ZNet", "ldznet": "LD-ZNet"}
 PHASES = ("loss (forward)", "backward", "AdamW step", "EMA update")
 IMPLEMENTATIONS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -93,7 +91,7 @@ def optimizer_rows(module: SegmenterLitModule, name: str, steps: int, device: to
                 weight.grad = gradient.clone()
             ms, _ = timed(device, optimizer.step)
             elapsed.append(ms)
-        median = sorted(elapsed)[len(elapsed) // 2]
+        median = summarize(elapsed)["median_ms"]
         final = [w.detach() for w in weights]
         del optimizer
         if reference is None:
@@ -122,7 +120,7 @@ def run(context: Context) -> dict:
             if step >= settings["warmup"]:
                 for phase, ms in phases.items():
                     times[phase].append(ms)
-        medians = {phase: sorted(v)[len(v) // 2] for phase, v in times.items()}
+        medians = {phase: summarize(v)["median_ms"] for phase, v in times.items()}
         total = sum(medians.values())
         phase_rows.append({"model": NAMES[variant], "trainable_tensors": len(trainable),
                            "trainable_params_m": parameter_millions(module.model)["trainable_params_m"],
