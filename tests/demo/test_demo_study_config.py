@@ -107,3 +107,23 @@ def test_chapter3_weights_best_changes_only_the_evaluating_stages_and_picks_best
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best.ckpt").write_bytes(b"")
     assert evaluated_checkpoint(run, "best") == str(tmp_path / "checkpoints" / "best.ckpt")
+
+
+def test_the_learning_rate_probe_changes_only_the_chapter3_learning_rate():
+    """study_chapter3_lr_probe.yaml (docs/demo-study-notes.md, "Plateaus") is the study at one probe seed with
+    another Chapter-3 learning rate: the same stages as the study at that seed, only those that train or score a
+    Chapter-3 model differ, and in the composed Chapter-3 config only `optim.base_learning_rate` does."""
+    def stages(name, overrides):
+        return {stage.name: stage.config for stage in build_stages(load_config(DEMO_EXPERIMENTS / name, overrides))}
+
+    study = stages("study.yaml", ["seed=50", "seeds=1"])
+    for overrides, base in (([], 1.25e-4), (["lr_probe_base_learning_rate=2.5e-4"], 2.5e-4)):
+        probe = stages("study_chapter3_lr_probe.yaml", overrides)
+        assert set(probe) == set(study)
+        changed = {name for name in study if study[name] != probe[name]}
+        assert changed == {"ldznet_train", "floor_image_only", "ldznet", "floors_segmentation"}, changed
+        composed, reference = (OmegaConf.create(s["ldznet"]["composed"]) for s in (probe, study))
+        assert composed.optim.base_learning_rate == pytest.approx(base)
+        assert reference.optim.base_learning_rate == pytest.approx(5e-5)
+        composed.optim.base_learning_rate = reference.optim.base_learning_rate
+        assert composed == reference
