@@ -299,6 +299,12 @@ class SegmenterLitModule(ResilientModule, pl.LightningModule):
         return batch
 
     def training_step(self, batch: Mapping, batch_index: int) -> torch.Tensor | None:
+        if self._epoch_loss_count and self._epoch_loss_epoch != self.current_epoch:
+            # resumed from a checkpoint written on the last batch of an epoch: Lightning starts the next epoch
+            # without that epoch's end hooks, so its plateau step happens here, first: before this step's learning
+            # rate is logged and used, as in the uninterrupted run (whether or not the batch is then skipped)
+            self._step_plateau(self._epoch_loss_mean())
+            self._epoch_loss_sum, self._epoch_loss_count = None, 0
         numbers = batch.get("sample_number")
         if numbers:  # EpochStepSampler batches: noise is a function of (seed, sample number), per sample
             # (the global generators are seeded too, for any other random layer a model might have)
@@ -320,11 +326,6 @@ class SegmenterLitModule(ResilientModule, pl.LightningModule):
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False,
                  batch_size=batch_size)
-        if self._epoch_loss_count and self._epoch_loss_epoch != self.current_epoch:
-            # resumed from a checkpoint written on the last batch of an epoch: Lightning starts the next epoch
-            # without that epoch's end hooks, so its plateau step happens here
-            self._step_plateau(self._epoch_loss_mean())
-            self._epoch_loss_sum, self._epoch_loss_count = None, 0
         self._epoch_loss_epoch = self.current_epoch
         detached = loss.detach().float()
         self._epoch_loss_sum = detached if self._epoch_loss_sum is None else self._epoch_loss_sum + detached
