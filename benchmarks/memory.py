@@ -52,11 +52,11 @@ def plan(context: Context) -> dict:
                            "peak exactly)"]}
 
 
-def build_module(settings: dict, tokenizer):
+def build_module(settings: dict, tokenizer, variant: str = "ldznet"):
     architecture = reduced_architecture() if settings["architecture"] == "reduced" else settings["architecture"]
     components = build_random_components(architecture, tokenizer)
     # gradient checkpointing off as built (set_checkpointing switches it per row); base.yaml's optimiser, EMA on
-    return SegmenterLitModule(model_defaults(variant="ldznet", image_size=settings["image_size"],
+    return SegmenterLitModule(model_defaults(variant=variant, image_size=settings["image_size"],
                                              gradient_checkpointing=False), optim_defaults(ema=True),
                               components=components)
 

@@ -20,12 +20,10 @@ import time
 
 import torch
 
-from benchmarks.memory import make_batch
+from benchmarks.memory import build_module, make_batch
 from benchmarks.segmentation import NAMES, VARIANTS, parameter_millions, tokenizer_for_benchmarks
 from benchmarks.timing import Context, progress, release_memory, summarize, synchronize
-from ldznet.config import model_defaults, optim_defaults
 from ldznet.lit_module import SegmenterLitModule
-from ldznet.stable_diffusion import build_random_components
 
 PHASES = ("loss (forward)", "backward", "AdamW step", "EMA update")
 IMPLEMENTATIONS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -42,14 +40,6 @@ def plan(context: Context) -> dict:
             "reductions": ["cpu: the tiny SD topology (ldznet.tiny_configs) at 64x64, batch 8: the miniature's "
                            "(make demo) scale, where the question of this benchmark arises; an SD-sized step "
                            "takes minutes on a CPU (benchmarks memory)"]}
-
-
-def build_module(variant: str, settings: dict, tokenizer) -> SegmenterLitModule:
-    torch.manual_seed(0)
-    components = build_random_components(settings["architecture"], tokenizer)
-    return SegmenterLitModule(model_defaults(variant=variant, image_size=settings["image_size"],
-                                             gradient_checkpointing=False), optim_defaults(ema=True),
-                              components=components)
 
 
 def timed(device: torch.device, call) -> tuple[float, object]:
@@ -111,7 +101,8 @@ def run(context: Context) -> dict:
     batch = make_batch(settings["batch"], settings["image_size"], device)
     phase_rows, optimizer_table = [], []
     for variant in VARIANTS:
-        module = build_module(variant, settings, tokenizer).to(device).train()
+        torch.manual_seed(0)
+        module = build_module(settings, tokenizer, variant).to(device).train()
         trainable = [p for p in module.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=4e-4, weight_decay=0.01)  # the default on this device
         times = {phase: [] for phase in PHASES}

@@ -302,7 +302,9 @@ class SegmenterLitModule(ResilientModule, pl.LightningModule):
         if self._epoch_loss_count and self._epoch_loss_epoch != self.current_epoch:
             # resumed from a checkpoint written on the last batch of an epoch: Lightning starts the next epoch
             # without that epoch's end hooks, so its plateau step happens here, first: before this step's learning
-            # rate is logged and used, as in the uninterrupted run (whether or not the batch is then skipped)
+            # rate is logged and used, as in the uninterrupted run (whether or not the batch is then skipped).
+            # Not in on_train_epoch_start: moved there, the resumed run diverged from the uninterrupted one
+            # (tests/reliability/test_resume_ldznet.py, slow)
             self._step_plateau(self._epoch_loss_mean())
             self._epoch_loss_sum, self._epoch_loss_count = None, 0
         numbers = batch.get("sample_number")

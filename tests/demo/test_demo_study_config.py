@@ -17,8 +17,8 @@ from demo.plan import DEMO_EXPERIMENTS, build_stages
 
 
 @functools.cache  # composing every chapter config takes seconds; the tests only read the result
-def _stages(name: str) -> dict:
-    return {stage.name: stage.config for stage in build_stages(load_config(DEMO_EXPERIMENTS / name, []))}
+def _stages(name: str, *overrides: str) -> dict:
+    return {stage.name: stage.config for stage in build_stages(load_config(DEMO_EXPERIMENTS / name, list(overrides)))}
 
 
 def test_study_overrides_compose_and_never_shorten_a_training_stage():
@@ -113,12 +113,9 @@ def test_the_learning_rate_probe_changes_only_the_chapter3_learning_rate():
     """study_chapter3_lr_probe.yaml (docs/demo-study-notes.md, "Plateaus") is the study at one probe seed with
     another Chapter-3 learning rate: the same stages as the study at that seed, only those that train or score a
     Chapter-3 model differ, and in the composed Chapter-3 config only `optim.base_learning_rate` does."""
-    def stages(name, overrides):
-        return {stage.name: stage.config for stage in build_stages(load_config(DEMO_EXPERIMENTS / name, overrides))}
-
-    study = stages("study.yaml", ["seed=50", "seeds=1"])
-    for overrides, base in (([], 1.25e-4), (["lr_probe_base_learning_rate=2.5e-4"], 2.5e-4)):
-        probe = stages("study_chapter3_lr_probe.yaml", overrides)
+    study = _stages("study.yaml", "seed=50", "seeds=1")
+    for overrides, base in (((), 1.25e-4), (("lr_probe_base_learning_rate=2.5e-4",), 2.5e-4)):
+        probe = _stages("study_chapter3_lr_probe.yaml", *overrides)
         assert set(probe) == set(study)
         changed = {name for name in study if study[name] != probe[name]}
         assert changed == {"ldznet_train", "floor_image_only", "ldznet", "floors_segmentation"}, changed
