@@ -12,6 +12,11 @@ the for-loop one (the default on the CPU), `foreach=True` and `fused=True` (`per
 common.performance) — from the same weights on the same fixed gradients, and says whether each ends
 bit-identical to the for-loop one: an implementation that is, can be switched on without changing any
 result; one that is not changes the numerics, and runs made with the other one are not reproduced bit for bit.
+
+The batch-size table times the whole step at several batch sizes and gives each one's time per sample as a
+ratio to the smallest batch's: at the miniature's size a step is mostly per-operation overhead, so a larger
+batch is cheaper per sample (whether the curves then need as many samples is a training question:
+experiments/demo/study_chapter3_batch_probe.yaml).
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ IMPLEMENTATIONS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True},
 def plan(context: Context) -> dict:
     if context.quick:
         return {"architecture": "tiny", "image_size": 64, "batch": 2, "warmup": 1, "steps": 2,
-                "optimizer_steps": 3, "reductions": ["quick: 1 warm-up + 2 timed steps at batch 2"]}
+                "optimizer_steps": 3, "batch_sizes": [2, 4],
+                "reductions": ["quick: 1 warm-up + 2 timed steps at batch 2"]}
     if context.full:
         return {"architecture": "sd", "image_size": 384, "batch": 4, "warmup": 3, "steps": 10,
-                "optimizer_steps": 10, "reductions": []}
+                "optimizer_steps": 10, "batch_sizes": [1, 2, 4], "reductions": []}
     return {"architecture": "tiny", "image_size": 64, "batch": 8, "warmup": 5, "steps": 30, "optimizer_steps": 25,
+            "batch_sizes": [8, 16, 32],
             "reductions": ["cpu: the tiny SD topology (ldznet.tiny_configs) at 64x64, batch 8: the miniature's "
                            "(make demo) scale, where the question of this benchmark arises; an SD-sized step "
                            "takes minutes on a CPU (benchmarks memory)"]}
@@ -57,6 +64,28 @@ def training_phases(module: SegmenterLitModule, optimizer, batch: dict, device: 
     step_ms, _ = timed(device, lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
     ema_ms, _ = timed(device, lambda: module.ema.update(module.model))
     return dict(zip(PHASES, (loss_ms, backward_ms, step_ms, ema_ms)))
+
+
+def batch_size_rows(module: SegmenterLitModule, name: str, settings: dict, device: torch.device) -> list[dict]:
+    """The whole step (loss, backward, AdamW, EMA) at each of `settings["batch_sizes"]`, from the module's current
+    weights (a fresh AdamW per batch size); time per sample as a ratio to the smallest batch size's."""
+    rows = []
+    for batch_size in settings["batch_sizes"]:
+        batch = make_batch(batch_size, settings["image_size"], device)
+        optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=4e-4,
+                                      weight_decay=0.01)
+        elapsed = []
+        for step in range(settings["warmup"] + settings["steps"]):
+            total = sum(training_phases(module, optimizer, batch, device).values())
+            if step >= settings["warmup"]:
+                elapsed.append(total)
+        step_ms = summarize(elapsed)["median_ms"]
+        rows.append({"model": name, "batch": batch_size, "step ms": step_ms, "ms per sample": step_ms / batch_size})
+        del optimizer, batch
+    smallest = rows[0]["ms per sample"]
+    for row in rows:
+        row["per-sample time ratio"] = row["ms per sample"] / smallest
+    return rows
 
 
 def optimizer_rows(module: SegmenterLitModule, name: str, steps: int, device: torch.device) -> list[dict]:
@@ -99,7 +128,7 @@ def run(context: Context) -> dict:
     device = context.device
     tokenizer = tokenizer_for_benchmarks()
     batch = make_batch(settings["batch"], settings["image_size"], device)
-    phase_rows, optimizer_table = [], []
+    phase_rows, optimizer_table, batch_table = [], [], []
     for variant in VARIANTS:
         torch.manual_seed(0)
         module = build_module(settings, tokenizer, variant).to(device).train()
@@ -119,7 +148,8 @@ def run(context: Context) -> dict:
                            "AdamW + EMA share": (medians["AdamW step"] + medians["EMA update"]) / total})
         del optimizer, trainable
         optimizer_table += optimizer_rows(module, NAMES[variant], settings["optimizer_steps"], device)
-        progress(f"{NAMES[variant]}: {total:.0f} ms per step; AdamW implementations compared")
+        batch_table += batch_size_rows(module, NAMES[variant], settings, device)
+        progress(f"{NAMES[variant]}: {total:.0f} ms per step; AdamW implementations and batch sizes compared")
         del module
         release_memory(device)
     return {
@@ -137,6 +167,11 @@ def run(context: Context) -> dict:
                       "whether the weights end bit-identical to the for-loop implementation's",
              "columns": ["model", "implementation", "median_step_ms", "time_ratio_to_for_loop",
                          "bit_identical_to_for_loop", "max_abs_difference", "note"], "rows": optimizer_table},
+            {"title": f"Batch size: median ms of the whole step over {settings['steps']} steps after "
+                      f"{settings['warmup']} warm-up, per sample, and the time per sample as a ratio to batch "
+                      f"{settings['batch_sizes'][0]}'s",
+             "columns": ["model", "batch", "step ms", "ms per sample", "per-sample time ratio"],
+             "rows": batch_table},
         ],
         "notes": ["The phases are those of SegmenterLitModule.training_step and optimizer_step, outside Lightning "
                   "(its own overhead per step is not included).",

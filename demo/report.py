@@ -535,11 +535,13 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     study_mode = OmegaConf.select(cfg, "study.enabled", default=False)
     command = command or ("python -m demo --study" if study_mode else "python -m demo")
     study = None if study_mode else study_verdicts()
+    reused = sum(entry.get("status") == "cached" for entry in status.values())
+    reuse = f"{reused} of {len(status)} stages reused from an earlier run" if reused else "every stage ran"
     lines = ["# The dissertation in miniature", "",
              f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `{command}` "
              f"(config: seeds = {seeds}, jobs = {int(cfg.jobs)}, threads = {int(cfg.threads)}; "
              f"code version {_code_version()}); this run "
-             f"took {seconds:.0f} s (cached stages reused). Procedural worlds, tiny networks, minutes of CPU: these "
+             f"took {seconds:.0f} s ({reuse}). Procedural worlds, tiny networks, minutes of CPU: these "
              "numbers test the code path and the *direction* of the dissertation's claims, not its values; the "
              "paper's numbers need the real datasets and weights (docs/demo.md).", ""]
     if str(cfg.get("chapter3_weights") or "final") == "best":
@@ -549,8 +551,9 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     if seeds < 2:
         lines += ["**The verdicts below are indicative**: one training seed, so the rule's noise is the evaluation "
                   "noise only (bootstrap over test images); seed-to-seed variation is not measured. "
-                  + (f"The study (`make demo-study`, {STUDY_REPORT}: {study.get('seeds', '?')} seeds, trained to a "
-                     "plateau) gives the verdicts to cite; they are in the last column."
+                  + (f"The study (`make demo-study`, {STUDY_REPORT}: {study.get('seeds', '?')} seeds, lengths sized "
+                     "from learning curves, rows not plateaued flagged) gives the verdicts to cite; they are in the "
+                     "last column."
                      if study else f"Cite the study's verdicts ({STUDY_REPORT}, `make demo-study`) instead; it has "
                                    "not been published in this checkout yet."), ""]
     lines += ["## Stages", "",

@@ -71,3 +71,19 @@ def test_missing_project_module_is_reported_not_faked(monkeypatch):
 def test_markdown_cells():
     assert format_cell(None) == "-" and format_cell(1234.5) == "1234" and format_cell(0.1234) == "0.123"
     assert "| a | b |" in markdown_table(["a", "b"], [{"a": 1, "b": "x|y"}])
+
+
+def test_training_step_batch_table_rates_each_batch_against_the_smallest(tmp_path):
+    """The batch-size table of `training_step` (the evidence behind experiments/demo/study_chapter3_batch_probe.yaml):
+    every model at every batch size, ms per sample = step ms / batch, the smallest batch's ratio exactly 1."""
+    assert main(["--quick", "--only", "training_step", "--out", str(tmp_path)]) == 0
+    [json_path] = tmp_path.glob("quick-cpu-*.json")
+    [section] = json.loads(json_path.read_text())["sections"]
+    [table] = [t for t in section["tables"] if t["title"].startswith("Batch size")]
+    assert {(row["model"], row["batch"]) for row in table["rows"]} == {
+        (model, batch) for model in {row["model"] for row in table["rows"]} for batch in (2, 4)}
+    assert len({row["model"] for row in table["rows"]}) == 3
+    for row in table["rows"]:
+        assert row["ms per sample"] == pytest.approx(row["step ms"] / row["batch"])
+        if row["batch"] == 2:
+            assert row["per-sample time ratio"] == 1.0

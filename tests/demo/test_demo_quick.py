@@ -23,6 +23,7 @@ def test_demo_quick_end_to_end_then_cached(tmp_path):
     assert "Floor: per-pixel mean training depth" in report and "Floor: all foreground" in report
     assert "Floor: image only (prompt ignored)" in report and "Floor: frontal normal" in report
     assert "**The verdicts below are indicative**" in report and "## Sanity floors" in report
+    assert "s (every stage ran)." in report  # the first line says whether anything was reused
     claims = json.loads((out / "claims.json").read_text())
     assert len(claims) >= 12
     rule = {"reproduced", "contradicted", "inconclusive", "untestable here"}
@@ -35,6 +36,7 @@ def test_demo_quick_end_to_end_then_cached(tmp_path):
     assert main(["--quick", "--out", str(out)]) == 0
     again = json.loads((out / "stages.json").read_text())
     assert {entry["status"] for entry in again.values()} == {"cached"}
+    assert f"s ({len(again)} of {len(again)} stages reused from an earlier run)." in (out / "REPORT.md").read_text()
     # the domain-gap evidence: the floor ignores its input, so its gap on the re-rendered test is exactly 0
     from demo.domain_gap import measure
     from demo.worlds.faces import REAL_EFFECTS

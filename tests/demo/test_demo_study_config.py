@@ -124,3 +124,26 @@ def test_the_learning_rate_probe_changes_only_the_chapter3_learning_rate():
         assert reference.optim.base_learning_rate == pytest.approx(5e-5)
         composed.optim.base_learning_rate = reference.optim.base_learning_rate
         assert composed == reference
+
+
+def test_the_batch_probe_changes_only_the_chapter3_batch_and_its_step_counts():
+    """study_chapter3_batch_probe.yaml (docs/demo-study-notes.md, "Plateaus") is the study at one probe seed with
+    the Chapter-3 batch at 32: only the stages that train or score a Chapter-3 model differ; in the composed
+    Chapter-3 config only the batch, the sample budget and the step intervals do, the validation every 800 samples
+    as in the study (every 100 steps at batch 8), and the learning rate follows the config's linear rule."""
+    study = _stages("study.yaml", "seed=50", "seeds=1")
+    probe = _stages("study_chapter3_batch_probe.yaml")
+    assert set(probe) == set(study)
+    changed = {name for name in study if study[name] != probe[name]}
+    assert changed == {"ldznet_train", "floor_image_only", "ldznet", "floors_segmentation"}, changed
+    composed, reference = (OmegaConf.create(s["ldznet"]["composed"]) for s in (probe, study))
+    assert composed.data.batch_size == 32 and reference.data.batch_size == 8
+    assert composed.schedule.train_samples == 20000
+    assert composed.trainer.val_check_interval * 32 == reference.trainer.val_check_interval * 8
+    # the same base rate: lr = base x batch = 1.6e-3 (ldznet.lit_module.training_plan), not tuned
+    assert composed.optim.base_learning_rate == reference.optim.base_learning_rate == pytest.approx(5e-5)
+    assert composed.optim.batch_size == 32
+    for key in ("data.batch_size", "optim.batch_size", "schedule.train_samples", "trainer.val_check_interval",
+                "trainer.checkpoint_every_n_steps"):
+        OmegaConf.update(composed, key, OmegaConf.select(reference, key))
+    assert composed == reference
