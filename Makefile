@@ -41,7 +41,7 @@ demo: $(STAMP) ## the main job: the dissertation in miniature on generated world
 demo-quick: $(STAMP) ## a few-minute version of the miniature for smoke checks
 	$(PY) -m demo --quick $(ARGS)
 
-demo-study: $(STAMP) ## the miniature's evidence: 3 seeds, longer training, learning curves (~75-90 min on 2 cores); writes docs/demo-study.md
+demo-study: $(STAMP) ## the miniature's evidence: 3 seeds, longer training, learning curves (~50-85 min on 2 cores); writes docs/demo-study.md
 	$(PY) -m demo --study --publish $(ARGS)
 
 demo-study-chapter3-long: $(STAMP) ## after demo-study: its Chapter-3 runs continued to 2500 steps (~50 min on 2 cores; runs/demo-study-chapter3-long)
