@@ -66,22 +66,32 @@ def training_phases(module: SegmenterLitModule, optimizer, batch: dict, device: 
     return dict(zip(PHASES, (loss_ms, backward_ms, step_ms, ema_ms)))
 
 
-def batch_size_rows(module: SegmenterLitModule, name: str, settings: dict, device: torch.device) -> list[dict]:
-    """The whole step (loss, backward, AdamW, EMA) at each of `settings["batch_sizes"]`, from the module's current
-    weights (a fresh AdamW per batch size); time per sample as a ratio to the smallest batch size's."""
+def timed_steps(module: SegmenterLitModule, batch: dict, settings: dict, device: torch.device) -> dict[str, list]:
+    """`settings["warmup"]` untimed then `settings["steps"]` timed training steps on `batch`, with a fresh AdamW
+    (the default on this device); ms of each phase of each timed step."""
+    optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=4e-4,
+                                  weight_decay=0.01)
+    times = {phase: [] for phase in PHASES}
+    for step in range(settings["warmup"] + settings["steps"]):
+        phases = training_phases(module, optimizer, batch, device)
+        if step >= settings["warmup"]:
+            for phase, ms in phases.items():
+                times[phase].append(ms)
+    return times
+
+
+def batch_size_rows(module: SegmenterLitModule, name: str, settings: dict, device: torch.device,
+                    measured: dict[int, dict[str, list]]) -> list[dict]:
+    """The whole step (loss, backward, AdamW, EMA) at each of `settings["batch_sizes"]` (median over the timed
+    steps; `measured` holds batch sizes already timed by `timed_steps`, e.g. the phase table's); time per sample
+    as a ratio to the smallest batch size's."""
     rows = []
     for batch_size in settings["batch_sizes"]:
-        batch = make_batch(batch_size, settings["image_size"], device)
-        optimizer = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=4e-4,
-                                      weight_decay=0.01)
-        elapsed = []
-        for step in range(settings["warmup"] + settings["steps"]):
-            total = sum(training_phases(module, optimizer, batch, device).values())
-            if step >= settings["warmup"]:
-                elapsed.append(total)
-        step_ms = summarize(elapsed)["median_ms"]
+        times = measured.get(batch_size)
+        if times is None:
+            times = timed_steps(module, make_batch(batch_size, settings["image_size"], device), settings, device)
+        step_ms = summarize([sum(step) for step in zip(*times.values())])["median_ms"]
         rows.append({"model": name, "batch": batch_size, "step ms": step_ms, "ms per sample": step_ms / batch_size})
-        del optimizer, batch
     smallest = rows[0]["ms per sample"]
     for row in rows:
         row["per-sample time ratio"] = row["ms per sample"] / smallest
@@ -133,22 +143,16 @@ def run(context: Context) -> dict:
         torch.manual_seed(0)
         module = build_module(settings, tokenizer, variant).to(device).train()
         trainable = [p for p in module.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=4e-4, weight_decay=0.01)  # the default on this device
-        times = {phase: [] for phase in PHASES}
-        for step in range(settings["warmup"] + settings["steps"]):
-            phases = training_phases(module, optimizer, batch, device)
-            if step >= settings["warmup"]:
-                for phase, ms in phases.items():
-                    times[phase].append(ms)
+        times = timed_steps(module, batch, settings, device)
         medians = {phase: summarize(v)["median_ms"] for phase, v in times.items()}
         total = sum(medians.values())
         phase_rows.append({"model": NAMES[variant], "trainable_tensors": len(trainable),
                            "trainable_params_m": parameter_millions(module.model)["trainable_params_m"],
                            **{f"{phase} ms": ms for phase, ms in medians.items()}, "step ms": total,
                            "AdamW + EMA share": (medians["AdamW step"] + medians["EMA update"]) / total})
-        del optimizer, trainable
+        del trainable
         optimizer_table += optimizer_rows(module, NAMES[variant], settings["optimizer_steps"], device)
-        batch_table += batch_size_rows(module, NAMES[variant], settings, device)
+        batch_table += batch_size_rows(module, NAMES[variant], settings, device, {settings["batch"]: times})
         progress(f"{NAMES[variant]}: {total:.0f} ms per step; AdamW implementations and batch sizes compared")
         del module
         release_memory(device)
