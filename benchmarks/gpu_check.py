@@ -11,6 +11,8 @@ recorded as "not run: time budget", never left out silently):
                  4 iterations straight vs 2 + resume to 4; the largest weight difference of G, D, T
     ddp          one 2-GPU DDP run (torchrun --nproc-per-node 2 -m sharingan.train, tiny depth) when two GPUs are
                  visible; otherwise skipped with a note
+    demo         `python -m demo --quick device=cuda`: the miniature's chapters training and evaluating on the GPU,
+                 every stage's status (at most 300 s)
     benchmarks   the benchmark set (`python -m benchmarks` at full sizes: bf16, torch.compile, CUDA peak memory)
 
 Without CUDA it refuses (exit status 2) with a message. `--device cpu --tiny` runs every piece at tiny sizes on
@@ -269,6 +271,48 @@ def ddp_piece(settings: dict, device: torch.device, tiny: bool) -> dict:
             "notes": [] if ok else [process.stderr[-2000:]]}
 
 
+# ----------------------------------------------------------------------------------------------------- demo
+DEMO_TIMEOUT_S = 300
+
+
+def demo_piece(settings: dict, device: torch.device, tiny: bool) -> dict:
+    """`python -m demo --quick device=cuda` end to end (the miniature's chapters training and evaluating on the
+    GPU: demo.plan.CUDA_OVERRIDES), with its stage statuses; in tiny mode (CPU tests) one world stage only."""
+    jobs = 1 if tiny else max(1, min(4, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "demo", "--quick", f"out={Path(folder) / 'demo-quick'}",
+                   f"device={device.type}", f"jobs={jobs}"] + (["--only", "world_shapes"] if tiny else [])
+        started = time.perf_counter()
+        try:
+            process = subprocess.run(command, cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)},
+                                     capture_output=True, text=True, timeout=DEMO_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return {"name": "demo", "status": f"failed: not finished within {DEMO_TIMEOUT_S} s", "tables": [],
+                    "notes": [" ".join(command[1:])]}
+        seconds = time.perf_counter() - started
+    statuses = demo_statuses(process.stdout)
+    expected = ["world_shapes"] if tiny else None
+    ran = [name for name, status in statuses.items() if status == "done"]
+    ok = process.returncode == 0 and bool(statuses) and (ran == expected if tiny else len(ran) == len(statuses))
+    return {"name": "demo", "status": "ok" if ok else f"failed: exit {process.returncode}",
+            "tables": [{"title": f"python -m demo --quick device={device.type} ({seconds:.0f} s, jobs {jobs})",
+                        "columns": ["stage", "status"],
+                        "rows": [{"stage": name, "status": status} for name, status in statuses.items()]}],
+            "notes": [] if ok else [process.stderr[-2000:]]}
+
+
+def demo_statuses(stdout: str) -> dict[str, str]:
+    """{stage: status} from the last lines `python -m demo` prints (after `report: ...`)."""
+    lines = stdout.splitlines()
+    starts = [k for k, line in enumerate(lines) if line.startswith("report: ")]
+    statuses = {}
+    for line in lines[starts[-1] + 1:] if starts else []:
+        parts = line.split(None, 1)
+        if line.startswith("  ") and len(parts) == 2:
+            statuses[parts[0]] = parts[1].split(":", 1)[0]
+    return statuses
+
+
 # ----------------------------------------------------------------------------------------------- benchmarks
 def benchmarks_piece(settings: dict, device: torch.device, tiny: bool) -> dict:
     context = Context(device, settings["benchmark_mode"])
@@ -292,7 +336,8 @@ def benchmarks_piece(settings: dict, device: torch.device, tiny: bool) -> dict:
 
 
 PIECES: dict[str, Callable[[dict, torch.device, bool], dict]] = {
-    "training": training_piece, "resume": resume_piece, "ddp": ddp_piece, "benchmarks": benchmarks_piece}
+    "training": training_piece, "resume": resume_piece, "ddp": ddp_piece, "demo": demo_piece,
+    "benchmarks": benchmarks_piece}
 
 
 # ------------------------------------------------------------------------------------------------- results

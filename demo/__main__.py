@@ -22,7 +22,7 @@ from pathlib import Path
 import torch  # loaded anyway by common.config (through common.checkpoints): no start-up cost
 
 from common.config import load_config
-from demo.plan import DEMO_EXPERIMENTS, build_stages
+from demo.plan import DEMO_EXPERIMENTS, build_stages, device_of
 from demo.report import publish_study, write_report  # ~0.01 s of `--list` (measured)
 from demo.stages import StageRunner
 from demo.verdicts import verdict_comparison, verdict_flips
@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(args.only) - {stage.name for stage in stages}
     if unknown:
         raise SystemExit(f"--only: unknown stage(s) {sorted(unknown)}; stages: {[s.name for s in stages]}")
+    if device_of(cfg) == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("device=cuda: no CUDA device is visible to torch (torch.cuda.is_available() is False); "
+                         "run with device=cpu (the default) or on a machine with a CUDA GPU")
     threads = 0 if "OMP_NUM_THREADS" in os.environ else int(cfg.threads)  # 0: the environment decides
     if threads:
         torch.set_num_threads(threads)

@@ -54,6 +54,12 @@ def _columns(per_image: list[dict[str, float]]) -> dict[str, np.ndarray]:
     return {key: np.array([row[key] for row in per_image]) for key in per_image[0]} if per_image else {}
 
 
+def on_cpu(networks: Mapping[str, nn.Module | None]) -> dict[str, nn.Module | None]:
+    """The networks on the CPU in eval mode: per-image scoring runs there even when the chapter's own evaluate
+    (eval.device, `auto` = the GPU when one is visible) has just moved the same modules to a GPU."""
+    return {name: (module.to("cpu").eval() if module is not None else None) for name, module in networks.items()}
+
+
 @torch.no_grad()
 def depth_per_image(cfg: DictConfig, networks: Mapping[str, nn.Module | None]) -> dict[str, dict[str, np.ndarray]]:
     """{benchmark key as in metrics.json: {metric: (N,) per-image values}} for `cfg.eval.benchmarks`."""
@@ -61,7 +67,7 @@ def depth_per_image(cfg: DictConfig, networks: Mapping[str, nn.Module | None]) -
     from sharingan.data.make3d import Make3DDataset
     from sharingan.tasks import depth as task
 
-    networks = {name: (module.eval() if module is not None else None) for name, module in networks.items()}
+    networks = on_cpu(networks)
     out: dict[str, dict[str, np.ndarray]] = {}
     for benchmark in [str(b) for b in cfg.eval.benchmarks]:
         if benchmark == "kitti_eigen":
@@ -92,10 +98,8 @@ def faces_per_image(cfg: DictConfig, networks: Mapping[str, nn.Module | None]) -
     from sharingan.models.sfsnet import decode_normals
     from sharingan.tasks import normals as task
 
+    networks = on_cpu(networks)
     generator, task_network = networks.get("generator"), networks["task_network"]
-    for module in (generator, task_network):
-        if module is not None:
-            module.eval()
     out: dict[str, dict[str, np.ndarray]] = {}
     batch_size = int(cfg.eval.batch_size)
     if cfg.data.get("photoface_root"):

@@ -45,9 +45,33 @@ def seeds_of(cfg: DictConfig) -> list[int]:
     return [int(cfg.seed) + k for k in range(int(cfg.seeds))]
 
 
+DEVICES = ("cpu", "cuda")
+
+# What `device: cuda` changes in each chapter config: Lightning trains on one GPU (several worker processes,
+# `jobs`, share it) and the chapters' own evaluation runs there too (Chapter 2's already does whenever a GPU is
+# visible: eval.device auto). The tiny LDM's training (~3 CPU minutes) and the floors' per-image scoring stay on
+# the CPU. Nothing is added for `device: cpu`, so CPU runs keep their stage keys (and their cached results).
+CUDA_OVERRIDES = {
+    "depth": ["trainer.accelerator=gpu", "trainer.devices=1"],
+    "faces": ["trainer.accelerator=gpu", "trainer.devices=1"],
+    "ldznet": ["trainer.accelerator=gpu", "trainer.devices=1", "pipeline.evaluation.device=cuda"],
+    "probe": ["device=cuda"],
+}
+
+
+def device_of(cfg: DictConfig) -> str:
+    """The demo config's `device` (cpu when absent), checked against DEVICES."""
+    device = str(cfg.get("device") or "cpu")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r} (demo config key `device`)")
+    return device
+
+
 def chapter_config(cfg: DictConfig, key: str) -> tuple[Path, list[str]]:
+    """A chapter config of the demo: its path and overrides (the config's own, then the device's)."""
     path = DEMO_EXPERIMENTS / str(cfg[key])
-    return path, [str(o) for o in cfg.overrides.get(key, [])]
+    device = CUDA_OVERRIDES.get(key, []) if device_of(cfg) == "cuda" else []
+    return path, [str(o) for o in cfg.overrides.get(key, [])] + device
 
 
 def composed(path: Path, overrides: list[str]) -> Any:

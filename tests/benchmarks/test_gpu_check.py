@@ -56,7 +56,7 @@ def test_every_piece_runs_tiny_on_the_cpu(tmp_path):
     [md_path] = tmp_path.glob("gpu-check-tiny-cpu-*.md")
     results = json.loads(json_path.read_text())
     pieces = {piece["name"]: piece for piece in results["pieces"]}
-    assert list(pieces) == ["training", "resume", "ddp", "benchmarks"]
+    assert list(pieces) == ["training", "resume", "ddp", "demo", "benchmarks"]
     assert pieces["training"]["status"] == "ok"
     rows = pieces["training"]["tables"][0]["rows"]
     assert {(row["task"], row["variant"]) for row in rows} == {
@@ -68,7 +68,21 @@ def test_every_piece_runs_tiny_on_the_cpu(tmp_path):
     assert pieces["resume"]["status"] == "ok"
     assert all(row["exact"] for row in pieces["resume"]["tables"][0]["rows"])
     assert pieces["ddp"]["status"].startswith("skipped: CPU tiny mode")
+    assert pieces["demo"]["status"] == "ok"
     assert pieces["benchmarks"]["status"] == "ok"
     assert {section["name"] for section in pieces["benchmarks"]["sections"]} == set(BENCHMARKS)  # every registered one
     assert results["environment"]["git"]["sha"] and results["command"].startswith("python -m benchmarks.gpu_check")
     assert "## resume: ok" in md_path.read_text()
+
+
+def test_demo_piece_runs_the_demo_and_reads_its_stage_statuses(tmp_path):
+    """The demo piece starts `python -m demo --quick device=<device>` (tiny mode: one world stage on the CPU) and
+    reads every stage's status from what the demo prints last; a stage that did not run fails the piece."""
+    piece = gpu_check.demo_piece(gpu_check.plan(tiny=True), torch.device("cpu"), tiny=True)
+    assert piece["status"] == "ok", piece["notes"]
+    rows = {row["stage"]: row["status"] for row in piece["tables"][0]["rows"]}
+    assert rows["world_shapes"] == "done" and rows["tiny_ldm"] == "not run"
+    assert "device=cpu" in piece["tables"][0]["title"]
+    printed = "noise\nreport: /x/REPORT.md\n  world_shapes   done\n  faces          not run: not selected (--only)\n"
+    assert gpu_check.demo_statuses(printed) == {"world_shapes": "done", "faces": "not run"}
+    assert gpu_check.demo_statuses("no report line\n  world_shapes   done\n") == {}

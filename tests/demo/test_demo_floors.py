@@ -111,3 +111,19 @@ def test_segmentation_floors_and_prompt_blind_copy(tmp_path):
     assert len(copy) == len(original)
     assert {copy[k]["prompt"] for k in range(len(copy))} == {"object"}
     assert all(torch.equal(copy[k]["mask"], original[k]["mask"]) for k in range(len(copy)))
+
+
+def test_per_image_scoring_brings_the_networks_back_to_the_cpu():
+    """The chapter's evaluate moves the networks to the GPU when one is visible (eval.device auto); the per-image
+    scoring that follows runs on the CPU, so it must move them back, not assume they are there."""
+    from demo.per_image import on_cpu
+
+    class Recording(torch.nn.Linear):
+        def to(self, *args, **kwargs):
+            self.moved_to = args
+            return super().to(*args, **kwargs)
+
+    network = Recording(2, 2).train()
+    moved = on_cpu({"generator": None, "task_network": network})
+    assert moved["generator"] is None and moved["task_network"] is network
+    assert network.moved_to == ("cpu",) and not network.training

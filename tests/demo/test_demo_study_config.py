@@ -147,3 +147,56 @@ def test_the_batch_probe_changes_only_the_chapter3_batch_and_its_step_counts():
                 "trainer.checkpoint_every_n_steps"):
         OmegaConf.update(composed, key, OmegaConf.select(reference, key))
     assert composed == reference
+
+
+CHAPTER_STAGES = {"faces", "depth", "ldznet_train", "floor_image_only", "probe", "ldznet", "floors_depth",
+                  "floors_faces", "floors_segmentation"}
+
+
+def test_device_cpu_adds_nothing_and_cuda_moves_only_the_chapters_to_the_gpu():
+    """`device: cpu` (the default) leaves every stage config, hence every cache key, as it was; `device=cuda`
+    changes only the stages that train or evaluate with a chapter's code, by Lightning's accelerator (one device)
+    and the chapter's evaluation device; the worlds and the tiny LDM are untouched."""
+    default, cpu, cuda = _stages("demo.yaml"), _stages("demo.yaml", "device=cpu"), _stages("demo.yaml", "device=cuda")
+    assert default == cpu
+    assert {name for name in default if default[name] != cuda[name]} == CHAPTER_STAGES
+    for name in ("depth", "faces", "ldznet"):
+        composed, before = (OmegaConf.create(s[name]["composed"]) for s in (cuda, default))
+        assert "error" not in composed, composed.get("error")
+        assert composed.trainer.accelerator == "gpu" and composed.trainer.devices == 1
+        assert before.trainer.accelerator == "cpu"
+        if name != "ldznet":  # Chapter 2 evaluates on the GPU whenever one is visible (eval.device auto/absent)
+            assert OmegaConf.select(composed, "eval.device", default="auto") == "auto"
+    assert cuda["ldznet"]["composed"]["pipeline"]["evaluation"]["device"] == "cuda"
+    assert default["ldznet"]["composed"]["pipeline"]["evaluation"]["device"] == "cpu"
+    assert cuda["probe"]["composed"]["device"] == "cuda" and default["probe"]["composed"]["device"] == "cpu"
+    with pytest.raises(ValueError, match="device must be one of"):
+        build_stages(load_config(DEMO_EXPERIMENTS / "demo.yaml", ["device=gpu"]))
+
+
+def test_the_demo_refuses_cuda_without_a_gpu_before_running_anything(tmp_path, monkeypatch):
+    from demo.__main__ import main
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit, match="device=cuda: no CUDA device"):
+        main(["--quick", f"out={tmp_path / 'run'}", "device=cuda"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_gpu_study_is_the_study_on_cuda_with_longer_rows_only():
+    """study_gpu.yaml = study.yaml on the GPU with the rows the CPU studies left unplateaued lengthened: in the
+    composed configs only the device keys and those lengths (and their validation intervals) differ."""
+    study, gpu = _stages("study.yaml", "device=cuda"), _stages("study_gpu.yaml")
+    assert gpu["tiny_ldm"] == study["tiny_ldm"] and gpu["world_shapes"] == study["world_shapes"]
+    changes = {"depth": {"schedule.pretrain_task_iterations": (800, 1600)},
+               "faces": {"schedule.train_iterations": (480, 960), "schedule.validate_every": (12, 24),
+                         "schedule.checkpoint_every": (60, 120)},
+               "ldznet": {"schedule.train_samples": (8000, 40000), "trainer.val_check_interval": (100, 250),
+                          "trainer.checkpoint_every_n_steps": (200, 1000)}}
+    for name, keys in changes.items():
+        composed, reference = (OmegaConf.create(s[name]["composed"]) for s in (gpu, study))
+        for key, (before, after) in keys.items():
+            assert (OmegaConf.select(reference, key), OmegaConf.select(composed, key)) == (before, after), key
+            OmegaConf.update(composed, key, before)
+        assert composed == reference, name
+    assert gpu["probe"] == study["probe"]
