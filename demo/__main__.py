@@ -53,6 +53,15 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     return args, overrides
 
 
+def publish_options(cfg) -> dict:
+    """Where `--publish` puts a study's report: docs/demo-study.md by default; a config with `publish_name`
+    (e.g. study_gpu.yaml: docs/demo-study-gpu.md) gets its own page, with `publish_reading` saying what it is."""
+    name = cfg.get("publish_name")
+    if not name:
+        return {}
+    return {"name": str(name)} | ({"reading": str(cfg.publish_reading)} if cfg.get("publish_reading") else {})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse(sys.argv[1:] if argv is None else argv)
     if args.compare_verdicts:
@@ -97,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(entry["status"] not in ("done", "cached") for entry in status.values()):
             print("not published: some stages did not finish (see the report)")
         else:
-            print("published:", *publish_study(cfg.out), sep="\n  ")
+            print("published:", *publish_study(cfg.out, **publish_options(cfg)), sep="\n  ")
     for name, entry in status.items():
         print(f"  {name:14s} {entry['status']}" + (f": {entry['reason']}" if entry.get("reason") else ""))
     return 0

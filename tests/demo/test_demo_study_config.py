@@ -200,3 +200,30 @@ def test_the_gpu_study_is_the_study_on_cuda_with_longer_rows_only():
             OmegaConf.update(composed, key, before)
         assert composed == reference, name
     assert gpu["probe"] == study["probe"]
+
+
+def test_the_gpu_study_publishes_to_its_own_page():
+    from demo.__main__ import publish_options
+
+    assert publish_options(load_config(DEMO_EXPERIMENTS / "study.yaml")) == {}  # docs/demo-study.md
+    options = publish_options(load_config(DEMO_EXPERIMENTS / "study_gpu.yaml"))
+    assert options["name"] == "demo-study-gpu" and "docs/demo-study.md" in options["reading"]
+
+
+def test_the_square_root_probe_changes_only_the_chapter3_batch_rate_and_step_counts():
+    """study_chapter3_sqrt_probe.yaml (docs/demo-study-notes.md, "Plateaus"): batch 32 at the square-root rule's
+    rate, 4e-4 x sqrt(32 / 8) = 8e-4, for 30000 samples; only the Chapter-3 stages differ from the study at seed
+    50, and in their composed config only those keys."""
+    study = _stages("study.yaml", "seed=50", "seeds=1")
+    probe = _stages("study_chapter3_sqrt_probe.yaml")
+    assert {name for name in study if study[name] != probe[name]} == {
+        "ldznet_train", "floor_image_only", "ldznet", "floors_segmentation"}
+    composed, reference = (OmegaConf.create(s["ldznet"]["composed"]) for s in (probe, study))
+    assert composed.data.batch_size * composed.optim.base_learning_rate == pytest.approx(
+        reference.data.batch_size * reference.optim.base_learning_rate * (32 / 8) ** 0.5)
+    assert composed.schedule.train_samples == 30000
+    assert composed.trainer.val_check_interval * 32 == reference.trainer.val_check_interval * 8
+    for key in ("data.batch_size", "optim.batch_size", "optim.base_learning_rate", "schedule.train_samples",
+                "trainer.val_check_interval", "trainer.checkpoint_every_n_steps"):
+        OmegaConf.update(composed, key, OmegaConf.select(reference, key))
+    assert composed == reference
