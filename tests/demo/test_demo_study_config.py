@@ -200,6 +200,9 @@ def test_the_gpu_study_is_the_study_on_cuda_with_longer_rows_only():
             OmegaConf.update(composed, key, before)
         assert composed == reference, name
     assert gpu["probe"] == study["probe"]
+    # scored at each Chapter-3 run's best validation point: the curves are past their peak at 5000 steps
+    assert gpu["ldznet"]["chapter3_weights"] == gpu["floors_segmentation"]["chapter3_weights"] == "best"
+    assert "chapter3_weights" not in study["ldznet"] and "chapter3_weights" not in gpu["ldznet_train"]
 
 
 def test_the_gpu_study_publishes_to_its_own_page():
