@@ -189,8 +189,8 @@ def test_the_gpu_study_is_the_study_on_cuda_with_longer_rows_only():
     study, gpu = _stages("study.yaml", "device=cuda"), _stages("study_gpu.yaml")
     assert gpu["tiny_ldm"] == study["tiny_ldm"] and gpu["world_shapes"] == study["world_shapes"]
     changes = {"depth": {"schedule.pretrain_task_iterations": (800, 1600)},
-               "faces": {"schedule.train_iterations": (480, 960), "schedule.validate_every": (12, 24),
-                         "schedule.checkpoint_every": (60, 120)},
+               "faces": {"schedule.train_iterations": (480, 1920), "schedule.validate_every": (12, 48),
+                         "schedule.checkpoint_every": (60, 240)},
                "ldznet": {"schedule.train_samples": (8000, 40000), "trainer.val_check_interval": (100, 250),
                           "trainer.checkpoint_every_n_steps": (200, 1000)}}
     for name, keys in changes.items():
