@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(SPEC_HASH)
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow test-all lint demo demo-quick demo-study demo-study-gpu chapter2-depth chapter2-normals chapter2 \
+.PHONY: help setup test test-slow test-all lint demo demo-quick demo-study demo-study-plateau chapter2-depth chapter2-normals chapter2 \
         chapter3 bench gpu-check clean clean-runs
 
 help: ## list the targets
@@ -44,8 +44,8 @@ demo-quick: $(STAMP) ## a few-minute version of the miniature for smoke checks
 demo-study: $(STAMP) ## the miniature's evidence: 3 seeds, longer training, learning curves (~50-85 min on 2 cores); writes docs/demo-study.md
 	$(PY) -m demo --study --publish $(ARGS)
 
-demo-study-gpu: $(STAMP) ## the study on a CUDA GPU at the lengths the CPU budget cannot pay for (experiments/demo/study_gpu.yaml); writes docs/demo-study-gpu.md
-	$(PY) -m demo --study --config experiments/demo/study_gpu.yaml --publish $(ARGS)
+demo-study-plateau: $(STAMP) ## the study at plateau lengths: minutes on a CUDA GPU, ~2.5 h on 2 cores with ARGS=device=cpu (experiments/demo/study_plateau.yaml); writes docs/demo-study-plateau.md
+	$(PY) -m demo --study --config experiments/demo/study_plateau.yaml --publish $(ARGS)
 
 demo-study-chapter3-long: $(STAMP) ## after demo-study: its Chapter-3 runs continued to 2500 steps (~50 min on 2 cores; runs/demo-study-chapter3-long)
 	test -d runs/demo-study-chapter3-long || cp -r runs/demo-study runs/demo-study-chapter3-long

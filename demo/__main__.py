@@ -55,7 +55,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def publish_options(cfg) -> dict:
     """Where `--publish` puts a study's report: docs/demo-study.md by default; a config with `publish_name`
-    (e.g. study_gpu.yaml: docs/demo-study-gpu.md) gets its own page, with `publish_reading` saying what it is."""
+    (e.g. study_plateau.yaml: docs/demo-study-plateau.md) gets its own page, `publish_reading` saying what it is."""
     name = cfg.get("publish_name")
     if not name:
         return {}

@@ -183,34 +183,34 @@ def test_the_demo_refuses_cuda_without_a_gpu_before_running_anything(tmp_path, m
     assert not (tmp_path / "run").exists()
 
 
-def test_the_gpu_study_is_the_study_on_cuda_with_longer_rows_only():
-    """study_gpu.yaml = study.yaml on the GPU with the rows the CPU studies left unplateaued lengthened: in the
+def test_the_plateau_study_is_the_study_on_cuda_with_longer_rows_only():
+    """study_plateau.yaml = study.yaml on the GPU (its default device) with the unplateaued rows lengthened: in the
     composed configs only the device keys and those lengths (and their validation intervals) differ."""
-    study, gpu = _stages("study.yaml", "device=cuda"), _stages("study_gpu.yaml")
-    assert gpu["tiny_ldm"] == study["tiny_ldm"] and gpu["world_shapes"] == study["world_shapes"]
+    study, plateau = _stages("study.yaml", "device=cuda"), _stages("study_plateau.yaml")
+    assert plateau["tiny_ldm"] == study["tiny_ldm"] and plateau["world_shapes"] == study["world_shapes"]
     changes = {"depth": {"schedule.pretrain_task_iterations": (800, 1600)},
                "faces": {"schedule.train_iterations": (480, 1920), "schedule.validate_every": (12, 48),
                          "schedule.checkpoint_every": (60, 240)},
                "ldznet": {"schedule.train_samples": (8000, 40000), "trainer.val_check_interval": (100, 250),
                           "trainer.checkpoint_every_n_steps": (200, 1000)}}
     for name, keys in changes.items():
-        composed, reference = (OmegaConf.create(s[name]["composed"]) for s in (gpu, study))
+        composed, reference = (OmegaConf.create(s[name]["composed"]) for s in (plateau, study))
         for key, (before, after) in keys.items():
             assert (OmegaConf.select(reference, key), OmegaConf.select(composed, key)) == (before, after), key
             OmegaConf.update(composed, key, before)
         assert composed == reference, name
-    assert gpu["probe"] == study["probe"]
+    assert plateau["probe"] == study["probe"]
     # scored at each Chapter-3 run's best validation point: the curves are past their peak at 5000 steps
-    assert gpu["ldznet"]["chapter3_weights"] == gpu["floors_segmentation"]["chapter3_weights"] == "best"
-    assert "chapter3_weights" not in study["ldznet"] and "chapter3_weights" not in gpu["ldznet_train"]
+    assert plateau["ldznet"]["chapter3_weights"] == plateau["floors_segmentation"]["chapter3_weights"] == "best"
+    assert "chapter3_weights" not in study["ldznet"] and "chapter3_weights" not in plateau["ldznet_train"]
 
 
-def test_the_gpu_study_publishes_to_its_own_page():
+def test_the_plateau_study_publishes_to_its_own_page():
     from demo.__main__ import publish_options
 
     assert publish_options(load_config(DEMO_EXPERIMENTS / "study.yaml")) == {}  # docs/demo-study.md
-    options = publish_options(load_config(DEMO_EXPERIMENTS / "study_gpu.yaml"))
-    assert options["name"] == "demo-study-gpu" and "docs/demo-study.md" in options["reading"]
+    options = publish_options(load_config(DEMO_EXPERIMENTS / "study_plateau.yaml"))
+    assert options["name"] == "demo-study-plateau" and "docs/demo-study.md" in options["reading"]
 
 
 def test_the_square_root_probe_changes_only_the_chapter3_batch_rate_and_step_counts():
