@@ -537,10 +537,10 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     study = None if study_mode else study_verdicts()
     reused = sum(entry.get("status") == "cached" for entry in status.values())
     reuse = f"{reused} of {len(status)} stages reused from an earlier run" if reused else "every stage ran"
+    device = "" if str(cfg.get("device") or "cpu") == "cpu" else f", device = {cfg.device}"  # demo.plan.device_of
     lines = ["# The dissertation in miniature", "",
              f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `{command}` "
-             f"(config: seeds = {seeds}, jobs = {int(cfg.jobs)}, threads = {int(cfg.threads)}"
-             f"{'' if str(cfg.get('device') or 'cpu') == 'cpu' else f', device = {cfg.device}'}; "
+             f"(config: seeds = {seeds}, jobs = {int(cfg.jobs)}, threads = {int(cfg.threads)}{device}; "
              f"code version {_code_version()}); this run "
              f"took {seconds:.0f} s ({reuse}). Procedural worlds, tiny networks, minutes of CPU: these "
              "numbers test the code path and the *direction* of the dissertation's claims, not its values; the "
