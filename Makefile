@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(SPEC_HASH)
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow test-all lint demo demo-quick demo-study demo-study-plateau chapter2-depth chapter2-normals chapter2 \
+.PHONY: help setup test test-slow test-all lint demo demo-quick demo-study demo-study-plateau demo-study-until-plateau chapter2-depth chapter2-normals chapter2 \
         chapter3 bench gpu-check clean clean-runs
 
 help: ## list the targets
@@ -46,6 +46,9 @@ demo-study: $(STAMP) ## the miniature's evidence: 3 seeds, longer training, lear
 
 demo-study-plateau: $(STAMP) ## the study at plateau lengths: minutes on a CUDA GPU, ~2.5 h on 2 cores with ARGS=device=cpu (experiments/demo/study_plateau.yaml); writes docs/demo-study-plateau.md
 	$(PY) -m demo --study --config experiments/demo/study_plateau.yaml --publish $(ARGS)
+
+demo-study-until-plateau: $(STAMP) ## the study with every validated run stopped at its plateau, on the CPU (experiments/demo/study_until_plateau.yaml); writes docs/demo-study-until-plateau.md
+	$(PY) -m demo --study --config experiments/demo/study_until_plateau.yaml --publish $(ARGS)
 
 demo-study-chapter3-long: $(STAMP) ## after demo-study: its Chapter-3 runs continued to 2500 steps (~50 min on 2 cores; runs/demo-study-chapter3-long)
 	test -d runs/demo-study-chapter3-long || cp -r runs/demo-study runs/demo-study-chapter3-long

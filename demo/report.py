@@ -512,13 +512,15 @@ def _learning_curve_lines(status: Mapping, cfg, root: Path, claim_list: list[dic
              f"{noise_allowance:.1f} x its noise (a gain within the validation noise; demo/study.py).", ""]
     if figure is not None:
         lines += [f"![learning curves]({figure.relative_to(root).as_posix()})", ""]
-    lines += ["| chapter | row | curve | points | plateaued |", "|---|---|---|---|---|"]
+    lines += ["| chapter | row | curve | points | last step | plateaued |", "|---|---|---|---|---|---|"]
     flat: dict[str, bool | None] = {}
     for chapter, rows in curves.items():
         for row, entry in rows.items():
             points = ", ".join(str(c["plateau"]["points"]) for c in entry["seeds"].values())
+            # where each seed's curve ends: the configured length, or earlier where schedule.stop_at_plateau stopped it
+            ends = ", ".join(str(int(c["steps"][-1])) for c in entry["seeds"].values())
             state = {True: "yes", False: "**no**", None: "too few points"}[entry["plateaued"]]
-            lines.append(f"| {chapter} | {row} | {entry['tag']} | {points} | {state} |")
+            lines.append(f"| {chapter} | {row} | {entry['tag']} | {points} | {ends} | {state} |")
             flat[row] = entry["plateaued"]
     for claim in claim_list:
         rows = [ALIASES.get(r, r) for r in claim.get("rows", ())]

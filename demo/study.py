@@ -5,14 +5,9 @@ of the claims' headline (depth `val/abs_rel` on the KITTI-layout val drives, fac
 Photoface val, segmentation `val/miou_best` on PhraseCut val); a row without validation (the all-synthetic
 depth baseline is the synthetic pretraining) is shown with its training loss instead, and says so.
 
-Plateau criterion (`plateau`): on the curve smoothed by a 3-point moving mean, the best value reached in the
-last `tail` of the steps improves on the best value before it by at most `tolerance` x the curve's range, or
-by at most `noise_allowance` x the smoothed curve's noise (`noise_level` / sqrt 3): a gain within the
-validation noise is no evidence that the row still improves. Without that allowance ~28 % of perfectly flat,
-noisy curves were called "not plateaued" (10-40 points of Gaussian noise, simulated; 2026-12-03); with it ~5 %
-are, while a linear decline of 10 noise units over the run is still flagged in ~99 % of draws
-(tests/demo/test_demo_verdicts.py). A row that has not plateaued is flagged in the report; its claims are
-marked "not plateaued".
+Plateau criterion: `common.plateau.plateau` (its docstring), the one that `schedule.stop_at_plateau` also
+applies while a run trains. A row that has not plateaued is flagged in the report; its claims are marked "not
+plateaued".
 """
 
 from __future__ import annotations
@@ -23,50 +18,11 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from common.plateau import moving_mean, noise_level, plateau  # noqa: F401 - re-exported for the report and tests
 from demo.verdicts import lower_is_better
 
 HEADLINE_TAGS = {"depth": "val/abs_rel", "faces": "val/mae_deg", "ldznet": "val/miou_best"}
 FALLBACK_TAGS = ("train/pretrain/task_total", "train/task/total", "train/loss_epoch")
-
-
-def moving_mean(values: np.ndarray, window: int = 3) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < window:
-        return values
-    kernel = np.ones(window) / window
-    inner = np.convolve(values, kernel, mode="valid")
-    return np.concatenate([values[: window // 2], inner, values[len(values) - (window - 1 - window // 2):]])
-
-
-def noise_level(values) -> float:
-    """Standard deviation of a curve's point-to-point noise, robust to its trend: the median absolute deviation
-    of the first differences (about their median, which removes a linear trend), / 0.6745 / sqrt 2."""
-    differences = np.diff(np.asarray(values, dtype=np.float64))
-    if len(differences) < 2:
-        return 0.0
-    deviation = np.median(np.abs(differences - np.median(differences)))
-    return float(deviation / 0.6745 / np.sqrt(2.0))
-
-
-def plateau(steps, values, lower_better: bool, tail: float = 1 / 3, tolerance: float = 0.1,
-            min_points: int = 4, noise_allowance: float = 2.0) -> dict:
-    """Whether a learning curve has flattened (see the module docstring). Returns {"plateaued": True, False or
-    None (too few points), "gain", "span", "noise", "points"}."""
-    steps, values = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    if len(values) < min_points:
-        return {"plateaued": None, "points": int(len(values)), "reason": f"fewer than {min_points} points"}
-    smooth = moving_mean(values)
-    sign = -1.0 if lower_better else 1.0
-    cut = steps[0] + (1.0 - tail) * (steps[-1] - steps[0])
-    head, last = smooth[steps <= cut], smooth[steps > cut]
-    if len(head) == 0 or len(last) == 0:
-        return {"plateaued": None, "points": int(len(values)), "reason": "no point on one side of the cut"}
-    best_head, best_all = (sign * head).max(), (sign * smooth).max()
-    gain = float(best_all - best_head)
-    span = float(smooth.max() - smooth.min())
-    noise = noise_level(values) / np.sqrt(3.0)  # of the 3-point moving mean
-    plateaued = gain <= tolerance * span or gain <= noise_allowance * noise
-    return {"plateaued": bool(plateaued), "gain": gain, "span": span, "noise": noise, "points": int(len(values))}
 
 
 def read_scalars(tb_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -10,7 +10,9 @@ Training length: `schedule.train_samples` samples (the paper's 150000 steps at g
 run means the same on 1, 2 or 8 devices: steps = samples / (batch x devices x accumulation), the learning rate
 follows the global batch and the EMA decay is rescaled to it (ldznet.lit_module.TrainingPlan). One line
 `training plan: global batch ..., lr ..., N steps = S samples = E epochs ...` is printed at the start.
-`trainer.max_steps=N` fixes the steps instead (smoke runs, tests).
+`trainer.max_steps=N` fixes the steps instead (smoke runs, tests). `schedule.stop_at_plateau.enabled=true` ends the
+run once `val/miou_best` has plateaued (common.plateau), not before `schedule.stop_at_plateau.after` x its steps;
+the step is printed (`[plateau] ...`) and `metrics.json`'s `global_step` says how far it went.
 
 Resume: `resume=last` continues from the newest `checkpoints/last.ckpt` of the experiment (under
 `<root>/chapter3/<experiment>/`), `resume=PATH` from that file; the resumed run gets a new run folder.
@@ -37,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from common.config import load_config, parse_cli
 from common.performance import apply_performance
+from common.plateau import plateau_stopping
 from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resume
 from common.runs import start_run
 from common.trainer import build_trainer, set_max_steps
@@ -183,8 +186,13 @@ def train(cfg: DictConfig, components=None, root: str | Path = "runs") -> Path:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     max_steps = trainer_cfg.pop("max_steps", None)
     # last.ckpt (every N steps) and best.ckpt (by val/miou_best) come from two separate callbacks
+    callbacks = [RNGStateCallback()]
+    stopper = plateau_stopping(OmegaConf.select(cfg, "schedule.stop_at_plateau"), "val/miou_best",
+                               lower_better=False) if val_loader is not None else None
+    if stopper is not None:  # schedule.stop_at_plateau: end the run once val/miou_best has plateaued
+        callbacks.append(stopper)
     trainer = build_trainer(trainer_cfg, run_dir, monitor="val/miou_best" if val_loader is not None else None,
-                            mode="max", callbacks=[RNGStateCallback()])
+                            mode="max", callbacks=callbacks)
     module.training_plan = plan = plan_for(cfg, trainer, max_steps, len(train_loader.dataset))
     if state:
         check_resume_world(state, plan, resume_path)

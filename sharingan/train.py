@@ -11,10 +11,14 @@ Resume (docs/chapter2-depth.md "Resuming"): `resume=last` (or `--resume last`) c
 `checkpoints/last.ckpt` under `<root>/chapter2/<experiment>/<stage>/`, `resume=PATH` that file; the resumed
 run gets a new run folder. Restored: step counter, every optimiser state (critic, G, T), RNG states, the data
 position (loader batches consumed; the order is a function of (seed, sample number)), the skipped-batch
-count and the best validation value so far. `last.ckpt` is written every `schedule.checkpoint_every`
-iterations (default 1000 when 0/null) through a temporary file + rename. `divergence_policy=stop|skip`:
-a non-finite loss stops the run naming step and term (exit status 3 from the command line), or skips the
-batch and counts it (`train/skipped_batches`).
+count, the best validation value so far and the plateau-stopping curve. `last.ckpt` is written every
+`schedule.checkpoint_every` iterations (default 1000 when 0/null) through a temporary file + rename.
+`divergence_policy=stop|skip`: a non-finite loss stops the run naming step and term (exit status 3 from the
+command line), or skips the batch and counts it (`train/skipped_batches`).
+
+`schedule.stop_at_plateau.enabled=true`: the end-to-end stage stops once its monitored validation metric has
+plateaued (common.plateau: the criterion the miniature's study report applies), not before
+`schedule.stop_at_plateau.after` x its iterations; `metrics.json` records the step (`stopped_at_plateau`).
 
 Several GPUs / nodes (README "Several GPUs and nodes"): `trainer.devices=N trainer.num_nodes=M`, launched by
 Lightning itself, by `torchrun ... -m sharingan.train ...` or by `srun python -m sharingan.train ...`. Rank 0
@@ -38,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from common.config import load_config
 from common.performance import apply_performance
+from common.plateau import plateau_stopping
 from common.resilience import NonFiniteLossError, RNGStateCallback, resolve_resume
 from common.runs import run_dir_for, seed_everything, start_run, write_metrics
 from common.trainer import build_trainer, launched_rank_is_zero
@@ -147,11 +152,16 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
     else:
         trainer_cfg["limit_val_batches"] = 0
     exporter = ExportNetworks(run_dir / "checkpoints", cfg, stage, monitor)
+    callbacks = [exporter, RNGStateCallback()]
+    stopper = plateau_stopping(cfg.schedule.get("stop_at_plateau"), monitor[0], monitor[1] == "min") \
+        if monitor else None
+    if stopper is not None:  # schedule.stop_at_plateau: end the run once the monitored metric has plateaued
+        callbacks.append(stopper)
     if resume_path is not None and launched_rank_is_zero():  # the best networks so far: the interrupted run's
         previous_best = resume_path.parent / "networks_best.pt"
         if previous_best.is_file():
             shutil.copy2(previous_best, run_dir / "checkpoints" / "networks_best.pt")
-    trainer = build_trainer(trainer_cfg, run_dir, callbacks=[exporter, RNGStateCallback()])
+    trainer = build_trainer(trainer_cfg, run_dir, callbacks=callbacks)
     with warnings.catch_warnings():
         # the data position is restored by the seeded sampler's start, which Lightning cannot see
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
@@ -168,6 +178,7 @@ def run_stage(cfg: DictConfig, stage: str, root: str | Path = "runs", resume: st
     write_metrics(run_dir, {"stage": stage, "iterations": iterations, "global_steps": trainer.global_step,
                             "networks_checkpoint": str(checkpoint),
                             "best_validation": exporter.best, "monitor": monitor[0] if monitor else None,
+                            "stopped_at_plateau": stopper.stopped_at if stopper is not None else None,
                             "skipped_batches": int(module.guard.skipped_steps),
                             "resumed_from": str(resume_path) if resume_path else None})
     return {"run_dir": run_dir, "checkpoint": checkpoint}

@@ -205,6 +205,33 @@ def test_the_plateau_study_is_the_study_on_cuda_with_longer_rows_only():
     assert "chapter3_weights" not in study["ldznet"] and "chapter3_weights" not in plateau["ldznet_train"]
 
 
+def test_the_study_until_plateau_is_the_plateau_study_on_the_cpu_with_stopping_only():
+    """study_until_plateau.yaml = study_plateau.yaml on the CPU, its lengths as caps, with the validated runs
+    stopping at their plateau no earlier than study.yaml's lengths: only those keys (and the Chapter-3
+    validation interval) differ in the composed configs, and the minimum x the cap is the 90-minute study's
+    length."""
+    plateau, until = _stages("study_plateau.yaml", "device=cpu"), _stages("study_until_plateau.yaml")
+    study = _stages("study.yaml")
+    assert {name for name in plateau if plateau[name] != until[name]} == {  # floors_faces: the faces config
+        "faces", "floors_faces", "ldznet_train", "floor_image_only", "ldznet", "floors_segmentation"}
+    for name in ("faces", "ldznet"):
+        composed, reference = (OmegaConf.create(s[name]["composed"]) for s in (until, plateau))
+        stop = composed.schedule.stop_at_plateau
+        assert stop.enabled and not reference.schedule.stop_at_plateau.enabled
+        assert (stop.tail, stop.tolerance, stop.noise_allowance) == (0.33, 0.1, 2.0)  # the report's criterion
+        OmegaConf.update(composed, "schedule.stop_at_plateau", reference.schedule.stop_at_plateau, merge=False)
+        if name == "ldznet":
+            assert (reference.trainer.val_check_interval, composed.trainer.val_check_interval) == (250, 125)
+            composed.trainer.val_check_interval = 250
+        assert composed == reference, name
+    faces, ldznet = until["faces"]["composed"]["schedule"], until["ldznet"]["composed"]["schedule"]
+    assert faces["stop_at_plateau"]["after"] * faces["train_iterations"] == \
+        study["faces"]["composed"]["schedule"]["train_iterations"]
+    assert ldznet["stop_at_plateau"]["after"] * ldznet["train_samples"] == \
+        study["ldznet"]["composed"]["schedule"]["train_samples"]
+    assert until["ldznet"]["chapter3_weights"] == "best"
+
+
 def test_the_plateau_study_publishes_to_its_own_page():
     from demo.__main__ import publish_options
 
