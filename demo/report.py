@@ -513,7 +513,6 @@ def _learning_curve_lines(status: Mapping, cfg, root: Path, claim_list: list[dic
     if figure is not None:
         lines += [f"![learning curves]({figure.relative_to(root).as_posix()})", ""]
     lines += ["| chapter | row | curve | points | last step | plateaued |", "|---|---|---|---|---|---|"]
-    flat: dict[str, bool | None] = {}
     for chapter, rows in curves.items():
         for row, entry in rows.items():
             points = ", ".join(str(c["plateau"]["points"]) for c in entry["seeds"].values())
@@ -521,13 +520,20 @@ def _learning_curve_lines(status: Mapping, cfg, root: Path, claim_list: list[dic
             ends = ", ".join(str(int(c["steps"][-1])) for c in entry["seeds"].values())
             state = {True: "yes", False: "**no**", None: "too few points"}[entry["plateaued"]]
             lines.append(f"| {chapter} | {row} | {entry['tag']} | {points} | {ends} | {state} |")
-            flat[row] = entry["plateaued"]
+    flag_unplateaued(curves, claim_list)
+    return lines + [""]
+
+
+def flag_unplateaued(curves: Mapping, claim_list: list[dict]) -> None:
+    """Mark each claim with its rows whose learning curve has not plateaued (`claim["not_plateaued"]`). Rows are
+    looked up in the claim's own chapter (its table's stage): depth and faces both have a "SharinGAN (proposed)"
+    row (pages generated before this lookup took the flag from whichever chapter came last, the faces one)."""
     for claim in claim_list:
+        chapter = TABLE_SPECS.get(claim.get("table"), {}).get("stage")
         rows = [ALIASES.get(r, r) for r in claim.get("rows", ())]
-        missing = [r for r in rows if flat.get(r) is False]
+        missing = [r for r in rows if curves.get(chapter, {}).get(r, {}).get("plateaued") is False]
         if missing:
             claim["not_plateaued"] = missing
-    return lines + [""]
 
 
 def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = True, command: str | None = None) -> Path:

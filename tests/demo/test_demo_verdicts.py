@@ -149,3 +149,22 @@ def test_verdict_comparison_lists_both_studies_and_marks_flips():
     assert set(by_claim) == {"a", "b", "c"}
     assert "+0.05 ± 0.01 (abs_rel)" in by_claim["a"] and by_claim["a"].endswith("| **yes** |")
     assert by_claim["b"].endswith("| no |") and "(absent)" in by_claim["c"]
+
+
+def test_a_claim_is_flagged_by_the_curves_of_its_own_chapter(monkeypatch):
+    """Depth and faces both have a "SharinGAN (proposed)" row: a depth claim takes the depth row's plateau."""
+    from demo import report
+
+    monkeypatch.setitem(report.TABLE_SPECS, "table_2_5", {"stage": "depth"})
+    monkeypatch.setitem(report.TABLE_SPECS, "table_2_3", {"stage": "faces"})
+    curves = {"depth": {"SharinGAN (proposed)": {"plateaued": True}, "All synthetic (baseline)": {"plateaued": False}},
+              "faces": {"SharinGAN (proposed)": {"plateaued": False}, "SfSNet (no SharinGAN)": {"plateaued": None}},
+              "ldznet": {"LD-ZNet": {"plateaued": False}, "ZNet": {"plateaued": True}}}
+    monkeypatch.setitem(report.TABLE_SPECS, "table_3_4", {"stage": "ldznet"})
+    claims = [{"table": "table_2_5", "rows": ("SharinGAN (proposed)", "All synthetic (baseline)")},
+              {"table": "table_2_3", "rows": ("SharinGAN (proposed)", "SfSNet (no SharinGAN)")},
+              {"table": "table_3_4", "rows": ("LD-ZNet with cross-attention", "ZNet")},  # an alias of LD-ZNet
+              {"rows": ("SharinGAN (proposed)",)}]  # no table (the probe's claim): nothing to look up
+    report.flag_unplateaued(curves, claims)
+    assert [c.get("not_plateaued") for c in claims] == [
+        ["All synthetic (baseline)"], ["SharinGAN (proposed)"], ["LD-ZNet"], None]
