@@ -87,7 +87,6 @@ class PlateauStopping(Callback):
         self.values: list[float] = []
         self.held = 0  # consecutive validation points at which the criterion held
         self.stopped_at: int | None = None
-        self.last_check: dict | None = None
 
     def observe(self, step: int, value: float, max_steps: int) -> bool:
         """Record one validation point; True when training should stop now."""
@@ -98,9 +97,9 @@ class PlateauStopping(Callback):
         if max_steps > 0 and step < self.after * max_steps:
             self.held = 0
             return False
-        self.last_check = plateau(self.steps, self.values, self.lower_better, self.tail, self.tolerance,
-                                  noise_allowance=self.noise_allowance)
-        self.held = self.held + 1 if self.last_check["plateaued"] else 0
+        check = plateau(self.steps, self.values, self.lower_better, self.tail, self.tolerance,
+                        noise_allowance=self.noise_allowance)
+        self.held = self.held + 1 if check["plateaued"] else 0
         return self.held >= self.confirmations
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -137,7 +136,6 @@ def plateau_stopping(options, monitor: str, lower_better: bool) -> PlateauStoppi
     tolerance, noise_allowance}); None when it is absent or disabled."""
     if not options or not bool(options.get("enabled", False)):
         return None
-    return PlateauStopping(monitor, lower_better, after=float(options.get("after", 0.25)),
-                           confirmations=int(options.get("confirmations", 2)),
-                           tail=float(options.get("tail", 1 / 3)), tolerance=float(options.get("tolerance", 0.1)),
-                           noise_allowance=float(options.get("noise_allowance", 2.0)))
+    given = {key: options[key] for key in ("after", "confirmations", "tail", "tolerance", "noise_allowance")
+             if key in options}  # the others keep PlateauStopping's defaults
+    return PlateauStopping(monitor, lower_better, **given)

@@ -93,15 +93,17 @@ def test_lightning_stops_the_run_where_the_criterion_says(tmp_path):
 
 
 def test_ldznet_train_stops_at_the_plateau(tmp_path):
+    from common.config import REPO_ROOT
     from common.testing import write_tiny_stable_diffusion
     from ldznet.train import train
     from tests.helpers.toy_phrasecut import write_toy_phrasecut
-    from tests.reliability.test_resume_ldznet import TINY
+
+    tiny = REPO_ROOT / "experiments" / "chapter3" / "tiny.yaml"
 
     sd = write_tiny_stable_diffusion(tmp_path / "tiny_sd", seed=2)
     phrasecut = write_toy_phrasecut(tmp_path / "VGPhraseCut_v0", samples_per_split=4, size=64)
     # a tolerance no gain can exceed: the criterion holds as soon as the curve has its 4 points
-    cfg = load_config(TINY, [f"model.stable_diffusion.path={sd}", f"data.train.root={phrasecut}",
+    cfg = load_config(tiny, [f"model.stable_diffusion.path={sd}", f"data.train.root={phrasecut}",
                              f"data.val.root={phrasecut}", "data.val_limit=2", "log_images_every=0",
                              "trainer.max_steps=40", "trainer.val_check_interval=2", "experiment=stop",
                              "schedule.stop_at_plateau.enabled=true", "schedule.stop_at_plateau.after=0",
