@@ -42,6 +42,9 @@ MAKE3D_COLUMNS = ["abs_rel", "sq_rel", "rmse"]
 STUDY_VERDICTS = REPO_ROOT / "docs" / "demo-study.json"
 STUDY_NAME = "demo-study"  # the main study's page: docs/<STUDY_NAME>.md (.json, figures in docs/<STUDY_NAME>/)
 STUDY_REPORT = f"docs/{STUDY_NAME}.md"
+# the study trained until every validated row plateaued (make demo-study-until-plateau): cited in a second column
+PLATEAU_STUDY_VERDICTS = REPO_ROOT / "docs" / "demo-study-until-plateau.json"
+PLATEAU_STUDY_REPORT = "docs/demo-study-until-plateau.md"
 DEPTH_FLOOR = "Floor: per-pixel mean training depth"  # names as in demo/floors.py (not imported: torch-free)
 FACES_FLOOR = "Floor: frontal normal, mean training lighting"
 ALL_FOREGROUND = "Floor: all foreground"
@@ -404,9 +407,10 @@ def _g(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.3g}"
 
 
-def claim_line(claim: Mapping, study: Mapping[str, str] | None = None) -> str:
+def claim_line(claim: Mapping, *studies: Mapping[str, str] | None) -> str:
+    """One row of the claims table; each study given (claim -> verdict) adds a cell (– where it lacks the claim)."""
     verdict = claim["verdict"]
-    study_cell = f" {study.get(claim['claim'], '–')} |" if study is not None else ""
+    study_cell = "".join(f" {study.get(claim['claim'], '–')} |" for study in studies if study is not None)
     if "margin" not in claim:
         return f"| {claim['claim']} | {verdict} | – |{study_cell}"
     better, worse = claim["values"]
@@ -543,6 +547,7 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     study_mode = OmegaConf.select(cfg, "study.enabled", default=False)
     command = command or ("python -m demo --study" if study_mode else "python -m demo")
     study = None if study_mode else study_verdicts()
+    plateau_study = None if study_mode else study_verdicts(PLATEAU_STUDY_VERDICTS)
     reused = sum(entry.get("status") == "cached" for entry in status.values())
     reuse = f"{reused} of {len(status)} stages reused from an earlier run" if reused else "every stage ran"
     device = "" if str(cfg.get("device") or "cpu") == "cpu" else f", device = {cfg.device}"  # demo.plan.device_of
@@ -562,7 +567,10 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
                   "noise only (bootstrap over test images); seed-to-seed variation is not measured. "
                   + (f"The study (`make demo-study`, {STUDY_REPORT}: {study.get('seeds', '?')} seeds, lengths sized "
                      "from learning curves, rows not plateaued flagged) gives the verdicts to cite; they are in the "
-                     "last column."
+                     "column \"study verdict\"."
+                     + (f" The study trained until every validated row plateaued (`make demo-study-until-plateau`, "
+                        f"{PLATEAU_STUDY_REPORT}: {plateau_study.get('seeds', '?')} seeds; longer than the 90-minute "
+                        "budget) is in the column \"until plateau\"." if plateau_study else "")
                      if study else f"Cite the study's verdicts ({STUDY_REPORT}, `make demo-study`) instead; it has "
                                    "not been published in this checkout yet."), ""]
     lines += ["## Stages", "",
@@ -608,6 +616,9 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     claim_list = claims(status, depth_rows, face_rows, seg_rows, PerImage.from_status(status))
     curve_lines = _learning_curve_lines(status, cfg, root, claim_list)
     study_column = study.get("claims", {}) if study else None
+    plateau_column = plateau_study.get("claims", {}) if plateau_study else None
+    study_header = (" study verdict |" if study_column is not None else "") + (
+        " until plateau |" if plateau_column is not None else "")
     lines += ["", "## The dissertation's claims on the miniature", "",
               "Rule (demo/verdicts.py): margin = improvement of the claimed-better method on the headline metric, "
               f"paired by training seed; **{REPRODUCED}** when the mean margin exceeds two standard errors of the "
@@ -615,9 +626,8 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
               "(with one seed the standard error is the evaluation noise: a bootstrap over test images of the "
               "paired margin). A claim whose models do not both beat their table's sanity floor is "
               "**untestable here**. The other metrics' mean margins are shown for information.", "",
-              "| claim | verdict | margin |" + (" study verdict |" if study_column is not None else ""),
-              "|---|---|---|" + ("---|" if study_column is not None else "")]
-    lines += [claim_line(c, study_column) for c in claim_list] + [""]
+              "| claim | verdict | margin |" + study_header, "|---|---|---|" + "---|" * study_header.count("|")]
+    lines += [claim_line(c, study_column, plateau_column) for c in claim_list] + [""]
     floors_table = floor_lines(claim_list)
     lines += ["## Sanity floors", "",
               "Each trained row against its table's floor rows (same evaluation code, demo/floors.py), by the same "

@@ -139,6 +139,12 @@ def test_judge_pairs_by_seed_and_respects_floors():
     assert claim["verdict"] == "untestable here" and claim["floor_checks"]["RGBNet"]["beats"] is False
     line = claim_line(claim | {"claim": "ZNet beats RGBNet"}, {"ZNet beats RGBNet": "inconclusive"})
     assert "**untestable here**" in line and line.endswith("inconclusive |")
+    # a second study (the one until the plateau) adds its own cell; a claim it lacks gets a dash
+    line = claim_line(claim | {"claim": "ZNet beats RGBNet"}, {"ZNet beats RGBNet": "inconclusive"},
+                      {"other claim": "reproduced"})
+    assert line.endswith("| inconclusive | – |")
+    bare = claim | {"claim": "c"}
+    assert claim_line(bare).count("|") == claim_line(bare, None, None).count("|") == 4
     assert any("RGBNet | **no**" in text for text in floor_lines([claim | {"claim": "c"}]))
     assert judge(table, "ZNet", "LD-ZNet", "mIoU", ["mIoU"], "t", PerImage())["verdict"] == "not run"
 
