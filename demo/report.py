@@ -43,8 +43,9 @@ STUDY_VERDICTS = REPO_ROOT / "docs" / "demo-study.json"
 STUDY_NAME = "demo-study"  # the main study's page: docs/<STUDY_NAME>.md (.json, figures in docs/<STUDY_NAME>/)
 STUDY_REPORT = f"docs/{STUDY_NAME}.md"
 # the study trained until every validated row plateaued (make demo-study-until-plateau): cited in a second column
-PLATEAU_STUDY_VERDICTS = REPO_ROOT / "docs" / "demo-study-until-plateau.json"
-PLATEAU_STUDY_REPORT = "docs/demo-study-until-plateau.md"
+PLATEAU_STUDY_NAME = "demo-study-until-plateau"
+PLATEAU_STUDY_VERDICTS = REPO_ROOT / "docs" / f"{PLATEAU_STUDY_NAME}.json"
+PLATEAU_STUDY_REPORT = f"docs/{PLATEAU_STUDY_NAME}.md"
 DEPTH_FLOOR = "Floor: per-pixel mean training depth"  # names as in demo/floors.py (not imported: torch-free)
 FACES_FLOOR = "Floor: frontal normal, mean training lighting"
 ALL_FOREGROUND = "Floor: all foreground"
@@ -615,10 +616,8 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
         sections += ["### The tiny LDM (stand-in for Stable Diffusion v1.4)", "", tiny_ldm_summary(t), ""]
     claim_list = claims(status, depth_rows, face_rows, seg_rows, PerImage.from_status(status))
     curve_lines = _learning_curve_lines(status, cfg, root, claim_list)
-    study_column = study.get("claims", {}) if study else None
-    plateau_column = plateau_study.get("claims", {}) if plateau_study else None
-    study_header = (" study verdict |" if study_column is not None else "") + (
-        " until plateau |" if plateau_column is not None else "")
+    cited = [(header, data.get("claims", {})) for header, data in (("study verdict", study),
+                                                                     ("until plateau", plateau_study)) if data]
     lines += ["", "## The dissertation's claims on the miniature", "",
               "Rule (demo/verdicts.py): margin = improvement of the claimed-better method on the headline metric, "
               f"paired by training seed; **{REPRODUCED}** when the mean margin exceeds two standard errors of the "
@@ -626,8 +625,9 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
               "(with one seed the standard error is the evaluation noise: a bootstrap over test images of the "
               "paired margin). A claim whose models do not both beat their table's sanity floor is "
               "**untestable here**. The other metrics' mean margins are shown for information.", "",
-              "| claim | verdict | margin |" + study_header, "|---|---|---|" + "---|" * study_header.count("|")]
-    lines += [claim_line(c, study_column, plateau_column) for c in claim_list] + [""]
+              "| claim | verdict | margin |" + "".join(f" {header} |" for header, _ in cited),
+              "|---|---|---|" + "---|" * len(cited)]
+    lines += [claim_line(c, *(column for _, column in cited)) for c in claim_list] + [""]
     floors_table = floor_lines(claim_list)
     lines += ["## Sanity floors", "",
               "Each trained row against its table's floor rows (same evaluation code, demo/floors.py), by the same "
