@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(SPEC_HASH)
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow test-all lint demo demo-quick demo-study demo-study-plateau demo-study-until-plateau chapter2-depth chapter2-normals chapter2 \
+.PHONY: help setup test test-slow test-all lint demo demo-quick demo-study demo-study-plateau demo-study-until-plateau demo-study-until-plateau-90min chapter2-depth chapter2-normals chapter2 \
         chapter3 bench gpu-check clean clean-runs
 
 help: ## list the targets
@@ -49,6 +49,8 @@ demo-study-plateau: $(STAMP) ## the study at plateau lengths: minutes on a CUDA 
 
 demo-study-until-plateau: $(STAMP) ## the study with every validated run stopped at its plateau, on the CPU (experiments/demo/study_until_plateau.yaml); writes docs/demo-study-until-plateau.md
 	$(PY) -m demo --study --config experiments/demo/study_until_plateau.yaml --publish $(ARGS)
+demo-study-until-plateau-90min: $(STAMP) ## the until-plateau study in the 90-minute budget: CPU throughput switches, Chapter 3 capped at 8000 steps (experiments/demo/study_until_plateau_90min.yaml); writes docs/demo-study-until-plateau-90min.md
+	$(PY) -m demo --study --config experiments/demo/study_until_plateau_90min.yaml --publish $(ARGS)
 
 demo-study-chapter3-long: $(STAMP) ## after demo-study: its Chapter-3 runs continued to 2500 steps (~50 min on 2 cores; runs/demo-study-chapter3-long)
 	test -d runs/demo-study-chapter3-long || cp -r runs/demo-study runs/demo-study-chapter3-long

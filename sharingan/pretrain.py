@@ -21,15 +21,19 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from common.performance import fused_kwargs
 from common.resilience import IterationResume
 from sharingan.checkpoints import TRAIN_STATE_KEY
 from sharingan.losses import reconstruction_loss
 from sharingan.tasks import load_task
 
 
-def _adam(parameters, node: DictConfig) -> torch.optim.Adam:
+def _adam(parameters, node: DictConfig, performance: Mapping | None = None) -> torch.optim.Adam:
+    """Adam of a pretraining stage; `performance` (the module's, set by common.performance.apply_performance)
+    decides the fused kernel, as for the end-to-end stage's optimisers."""
+    parameters = list(parameters)
     return torch.optim.Adam(parameters, lr=float(node.lr), betas=tuple(float(b) for b in node.betas),
-                            weight_decay=float(node.get("weight_decay", 0.0)))
+                            weight_decay=float(node.get("weight_decay", 0.0)), **fused_kwargs(performance, parameters))
 
 
 class PretrainingModule(IterationResume, pl.LightningModule):
@@ -104,7 +108,8 @@ class GeneratorPretraining(PretrainingModule):
             experiment.add_images(f"images/{domain}/abs_x_minus_G(x)", (x - g).abs(), self.global_step)
 
     def configure_optimizers(self):
-        return _adam(self.generator.parameters(), self.cfg.optim.pretrain_generator)
+        return _adam(self.generator.parameters(), self.cfg.optim.pretrain_generator,
+                     getattr(self, "performance", None))
 
 
 class TaskPretraining(PretrainingModule):
@@ -140,4 +145,5 @@ class TaskPretraining(PretrainingModule):
         return loss, logged
 
     def configure_optimizers(self):
-        return _adam(self.task_network.parameters(), self.cfg.optim.pretrain_task)
+        return _adam(self.task_network.parameters(), self.cfg.optim.pretrain_task,
+                     getattr(self, "performance", None))
