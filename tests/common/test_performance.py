@@ -354,3 +354,18 @@ def test_ldznet_fused_adamw_step_equals_the_plain_step(ldznet_setup):
     plain, fused_update = results
     assert plain.norm() > 0
     assert float((fused_update - plain).norm() / plain.norm()) < 1e-4
+
+
+def test_pretraining_adam_is_fused_only_when_asked():
+    """Both pretraining stages read performance.fused_optimizer (set by apply_performance), as the end-to-end
+    stage does: the CPU studies switch the fused kernel on for all three stages."""
+    from sharingan.pretrain import GeneratorPretraining, TaskPretraining
+
+    cfg = load_config(DEPTH_TINY, ["logging.image_every=0"])
+    for stage in (GeneratorPretraining, TaskPretraining):
+        module = stage(cfg)
+        assert not module.configure_optimizers().defaults.get("fused")  # no performance node: plain loop
+        module.performance = performance_options({"fused_optimizer": True})
+        assert module.configure_optimizers().defaults["fused"] is True
+        module.performance = performance_options(None)  # auto: CUDA only, these are on the CPU
+        assert not module.configure_optimizers().defaults.get("fused")

@@ -23,6 +23,8 @@ from common.resilience import (
     StepSeededSampler,
     rng_state,
     sample_seed,
+    seed_generators,
+    seeded_generators,
     set_rng_state,
 )
 
@@ -130,3 +132,21 @@ def test_sigkill_during_checkpoint_writes_leaves_a_whole_last_ckpt(tmp_path):
         process.wait()
     checkpoint = load_torch(path)  # a whole file: either the previous or the new checkpoint
     assert torch.equal(checkpoint["weights"], torch.full((4_000_000,), float(checkpoint["step"])))
+
+
+def test_seed_generators_gives_torch_manual_seed_s_cpu_stream_and_seeded_generators_restores_it():
+    """The cheap seeding (no lazy CUDA/XPU/MTIA queueing) draws what torch.manual_seed draws on the CPU, so
+    runs keep their numbers; seeded_generators leaves the global stream as it found it."""
+    for seed in (0, 7, 2**40 + 3):
+        torch.manual_seed(seed)
+        reference = torch.rand(5), torch.randn(3), torch.randint(0, 1000, (4,))
+        torch.manual_seed(999)
+        seed_generators(seed)
+        drawn = torch.rand(5), torch.randn(3), torch.randint(0, 1000, (4,))
+        assert all(torch.equal(a, b) for a, b in zip(reference, drawn))
+    torch.manual_seed(11)
+    outside = torch.get_rng_state()
+    with seeded_generators(42):
+        inside = torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), outside)
+    assert torch.equal(inside, torch.rand(3, generator=torch.Generator().manual_seed(42)))

@@ -66,6 +66,36 @@ def test_ema_warm_up_and_swap():
     assert model.weight.item() == 1.0
 
 
+def test_ema_update_equals_the_per_parameter_formula_and_follows_a_new_model():
+    """The foreach update over the cached parameter list is the per-parameter lerp, bit for bit (frozen
+    parameters untouched); a different model object is listed anew, not served from the cache."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Linear(2, 5))
+    model[1].requires_grad_(False)
+    ema = TrainableEMA(model, decay=0.9)
+    assert set(ema.shadow) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    expected = {name: value.clone() for name, value in ema.shadow.items()}
+    for step in range(1, 4):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        ema.update(model)
+        decay = min(0.9, (1 + step) / (10 + step))
+        for name, parameter in model.named_parameters():
+            if name in expected:
+                expected[name].lerp_(parameter.detach(), 1.0 - decay)
+        assert all(torch.equal(ema.shadow[name], expected[name]) for name in expected)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.fill_(2.0)
+    before = {name: value.clone() for name, value in ema.shadow.items()}
+    ema.update(other)
+    decay = min(0.9, 5 / 14)
+    for name in before:
+        assert torch.equal(ema.shadow[name], before[name].lerp_(torch.full_like(before[name], 2.0), 1.0 - decay))
+
+
 def test_znet_overfits_one_batch(world):
     components = load_stable_diffusion(world["sd"], hash_files=False)
     torch.manual_seed(0)
