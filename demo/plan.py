@@ -308,14 +308,17 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
               parts=per_seed, run_part=partial(run_chapter2_seed, "depth", "world_street", depth_data_overrides),
               requires=("sharingan.pipeline", "sharingan.tasks.depth"), code=("sharingan", "common"),
               description="Chapter 2 depth: pretrain G and T, SharinGAN and ablations, KITTI + Make3D"),
-        Stage("ldznet_train", combine_parts, training, needs=("world_shapes", "tiny_ldm"),
-              parts=[f"seed{seed}_{variant}" for seed in seeds for variant in variants],
-              run_part=run_ldznet_training, requires=("ldznet.pipeline",), code=("ldznet", "common"),
-              description="Chapter 3 training: RGBNet, ZNet, LD-ZNet, concat, one part per (seed, model)"),
+        # the image-only floor's parts (~600 s each on one CPU thread) before the shorter Chapter-3 training parts
+        # (220-470 s): long units first leave less of a one-worker tail (2 workers, measured unit times of the
+        # 90-minute until-plateau study replayed: 5348 -> 5190 s; docs/demo-study-notes.md)
         Stage("floor_image_only", combine_seeds, image_only, needs=("world_shapes", "tiny_ldm"),
               parts=per_seed, run_part=floors.fit_image_only, requires=("ldznet.pipeline",),
               code=("demo.floors", "demo.data_overrides", "ldznet", "common"),
               description="segmentation floor: the image-only model (one fixed phrase), trained per seed"),
+        Stage("ldznet_train", combine_parts, training, needs=("world_shapes", "tiny_ldm"),
+              parts=[f"seed{seed}_{variant}" for seed in seeds for variant in variants],
+              run_part=run_ldznet_training, requires=("ldznet.pipeline",), code=("ldznet", "common"),
+              description="Chapter 3 training: RGBNet, ZNet, LD-ZNet, concat, one part per (seed, model)"),
         Stage("probe", run_probe, chapter("probe"), needs=("world_shapes", "tiny_ldm"),
               requires=("ldznet.analysis.probe",), code=("ldznet", "common"),
               description="Fig 3.4: AP of a small decoder per (spatial-attention block, timestep)"),

@@ -232,6 +232,30 @@ def test_the_study_until_plateau_is_the_plateau_study_on_the_cpu_with_stopping_o
     assert until["ldznet"]["chapter3_weights"] == "best"
 
 
+def test_the_90_minute_until_plateau_study_adds_only_the_cpu_switches_and_the_chapter3_cap():
+    """study_until_plateau_90min.yaml = study_until_plateau.yaml + channels_last and fused Adam for the three
+    chapter configs + the Chapter-3 cap at 8000 steps with the minimum still study.yaml's 1000 steps; nothing
+    else (worlds, tiny LDM, probe, seeds, stop rule) differs."""
+    until, fast = _stages("study_until_plateau.yaml"), _stages("study_until_plateau_90min.yaml")
+    study = _stages("study.yaml")
+    assert {name for name in until if until[name] != fast[name]} == {
+        "faces", "depth", "floors_faces", "floors_depth", "ldznet_train", "floor_image_only", "ldznet",
+        "floors_segmentation"}
+    for name in ("faces", "depth", "ldznet"):
+        composed, reference = (OmegaConf.create(s[name]["composed"]) for s in (fast, until))
+        assert composed.performance.channels_last and composed.performance.fused_optimizer is True
+        assert not reference.performance.channels_last and reference.performance.fused_optimizer == "auto"
+        composed.performance = reference.performance
+        if name == "ldznet":
+            assert composed.schedule.train_samples == 64000 and reference.schedule.train_samples == 40000
+            assert composed.schedule.stop_at_plateau.after * composed.schedule.train_samples == \
+                study["ldznet"]["composed"]["schedule"]["train_samples"]
+            composed.schedule.train_samples = reference.schedule.train_samples
+            composed.schedule.stop_at_plateau.after = reference.schedule.stop_at_plateau.after
+        assert composed == reference, name
+    assert fast["floor_image_only"]["config"] == fast["ldznet_train"]["config"]
+
+
 def test_the_plateau_study_publishes_to_its_own_page():
     from demo.__main__ import publish_options
 
