@@ -4,8 +4,8 @@
     tiny_ldm                                     the stand-in for Stable Diffusion v1.4 (demo/tiny_ldm.py)
     faces                                        sharingan.pipeline --task normals (Tables 2.3, 2.4)
     depth                                        sharingan.pipeline --task depth   (Tables 2.1, 2.2, 2.5, 2.6)
-    ldznet_train                                 ldznet.train per (seed, model): RGBNet, ZNet, LD-ZNet, concat
     floor_image_only                             the image-only segmentation floor, trained per seed
+    ldznet_train                                 ldznet.train per (seed, model): RGBNet, ZNet, LD-ZNet, concat
     probe                                        ldznet.analysis.probe (Fig 3.4 block x timestep heat map)
     ldznet                                       ldznet.pipeline evaluating the trained models (Tables 3.1-3.4)
     floors_depth  floors_faces                   sanity floors through the chapters' evaluate + per-image values
