@@ -107,11 +107,15 @@ class TrainableEMA:
         self.reference_updates = 0.0
         self.shadow = {name: parameter.detach().float().clone() for name, parameter in model.named_parameters()
                        if parameter.requires_grad}
+        self._tracked_cache: tuple[weakref.ref, list[tuple[str, nn.Parameter]]] | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tracked_cache": None}  # a weak reference does not pickle (ddp_spawn, copies)
 
     def _tracked(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         """model.named_parameters(), listed once per model: the walk visits every module, the frozen LDM's too,
         ~10 ms per demo step on the CPU. Parameters keep their identity through .to(), load_state_dict and DDP."""
-        cached = getattr(self, "_tracked_cache", None)
+        cached = self._tracked_cache
         if cached is None or cached[0]() is not model:
             cached = self._tracked_cache = (weakref.ref(model), list(model.named_parameters()))
         return cached[1]
