@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(SPEC_HASH)
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-slow test-all lint demo demo-quick demo-study demo-study-plateau demo-study-until-plateau demo-study-until-plateau-90min chapter2-depth chapter2-normals chapter2 \
+.PHONY: help setup test test-slow test-all lint demo demo-quick demo-study demo-study-plateau demo-study-until-plateau demo-study-seed100 demo-study-fixed chapter2-depth chapter2-normals chapter2 \
         chapter3 bench gpu-check clean clean-runs
 
 help: ## list the targets
@@ -41,18 +41,23 @@ demo: $(STAMP) ## the main job: the dissertation in miniature on generated world
 demo-quick: $(STAMP) ## a few-minute version of the miniature for smoke checks
 	$(PY) -m demo --quick $(ARGS)
 
-demo-study: $(STAMP) ## the miniature's evidence: 3 seeds, longer training, learning curves (~50-85 min on 2 cores); writes docs/demo-study.md
+demo-study: $(STAMP) ## the miniature's evidence: 3 seeds, every run trained until it plateaus, learning curves (~90 min on 2 cores); writes docs/demo-study.md
 	$(PY) -m demo --study --publish $(ARGS)
+
+demo-study-seed100: $(STAMP) ## the study's stability check: the same with seeds 100-102 (~90 min on 2 cores); writes docs/demo-study-seed100.md, then lists verdict flips
+	$(PY) -m demo --study seed=100 out=runs/demo-study-until-plateau-90min-seed100 publish_name=demo-study-seed100 --publish $(ARGS)
+	$(PY) -m demo --compare-verdicts docs/demo-study.json docs/demo-study-seed100.json
+
+demo-study-fixed: $(STAMP) ## the earlier fixed-length study: 3 seeds at lengths sized from probe curves (~50-85 min on 2 cores; experiments/demo/study.yaml); writes docs/demo-study-fixed.md
+	$(PY) -m demo --study --config experiments/demo/study.yaml --publish $(ARGS)
 
 demo-study-plateau: $(STAMP) ## the study at plateau lengths: minutes on a CUDA GPU, ~2.5 h on 2 cores with ARGS=device=cpu (experiments/demo/study_plateau.yaml); writes docs/demo-study-plateau.md
 	$(PY) -m demo --study --config experiments/demo/study_plateau.yaml --publish $(ARGS)
 
-demo-study-until-plateau: $(STAMP) ## the study with every validated run stopped at its plateau, on the CPU (experiments/demo/study_until_plateau.yaml); writes docs/demo-study-until-plateau.md
+demo-study-until-plateau: $(STAMP) ## the first until-plateau study: old caps, no CPU switches (~110 min on 2 cores; experiments/demo/study_until_plateau.yaml); writes docs/demo-study-until-plateau.md
 	$(PY) -m demo --study --config experiments/demo/study_until_plateau.yaml --publish $(ARGS)
-demo-study-until-plateau-90min: $(STAMP) ## the until-plateau study in the 90-minute budget: CPU throughput switches, Chapter 3 capped at 8000 steps (experiments/demo/study_until_plateau_90min.yaml); writes docs/demo-study-until-plateau-90min.md
-	$(PY) -m demo --study --config experiments/demo/study_until_plateau_90min.yaml --publish $(ARGS)
 
-demo-study-chapter3-long: $(STAMP) ## after demo-study: its Chapter-3 runs continued to 2500 steps (~50 min on 2 cores; runs/demo-study-chapter3-long)
+demo-study-chapter3-long: $(STAMP) ## after demo-study-fixed: its Chapter-3 runs continued to 2500 steps (~50 min on 2 cores; runs/demo-study-chapter3-long)
 	test -d runs/demo-study-chapter3-long || cp -r runs/demo-study runs/demo-study-chapter3-long
 	$(PY) -m demo --config experiments/demo/study_chapter3_long.yaml $(ARGS)
 

@@ -3,10 +3,12 @@
 Runs the miniature dissertation (docs/demo.md): the procedural worlds, the tiny LDM, both chapters' pipelines,
 the sanity floors and the Fig 3.4 probe, then writes `<out>/REPORT.md`. Finished stages (and, inside a stage,
 finished seeds) are reused unless `--force`; `--only` re-runs the named stages (their cached inputs are
-reused). `--study` runs experiments/demo/study.yaml (longer training, validation curves, 3 seeds, into
-runs/demo-study; `--publish` then copies its report to docs/demo-study.md + .json). `key=value` overrides the
-demo config (experiments/demo/demo.yaml, quick.yaml with --quick, study.yaml with --study, study_quick.yaml
-with both), e.g. `worlds.shapes.phrasecut.train=1000` or `overrides.depth=[schedule.train_iterations=600]`.
+reused). `--study` runs experiments/demo/study_until_plateau_90min.yaml (3 seeds, every validated run trained
+until its validation metric plateaus, learning curves, ~90 min on 2 cores, into
+runs/demo-study-until-plateau-90min; `--publish` then copies its report to docs/demo-study.md + .json).
+`key=value` overrides the demo config (experiments/demo/demo.yaml, quick.yaml with --quick,
+study_until_plateau_90min.yaml with --study, study_quick.yaml with both), e.g.
+`worlds.shapes.phrasecut.train=1000` or `overrides.depth=[schedule.train_iterations=600]`.
 """
 
 from __future__ import annotations
@@ -27,15 +29,19 @@ from demo.report import publish_study, write_report  # ~0.01 s of `--list` (meas
 from demo.stages import StageRunner
 from demo.verdicts import verdict_comparison, verdict_flips
 
+STUDY_CONFIG = "study_until_plateau_90min.yaml"  # `--study`: the main study (docs/demo-study.md)
+
 
 def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0],
                                      epilog="Further arguments key=value override keys of the demo config.")
     parser.add_argument("--quick", action="store_true", help="smoke-test size (experiments/demo/quick.yaml)")
     parser.add_argument("--study", action="store_true",
-                        help="train to a plateau with 3 seeds (experiments/demo/study.yaml, runs/demo-study)")
+                        help="3 seeds, each run trained until it plateaus "
+                             "(experiments/demo/study_until_plateau_90min.yaml)")
     parser.add_argument("--publish", action="store_true",
-                        help="with --study: copy the report to docs/demo-study.md, docs/demo-study.json")
+                        help="with --study: copy the report to docs/<publish_name>.md, .json "
+                             "(--study alone: docs/demo-study.md)")
     parser.add_argument("--compare-verdicts", nargs=2, metavar=("A.json", "B.json"),
                         help="list claims reproduced in one verdicts.json and contradicted in the other; exit 1 if any")
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
@@ -54,8 +60,9 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def publish_options(cfg) -> dict:
-    """Where `--publish` puts a study's report: docs/demo-study.md by default; a config with `publish_name`
-    (e.g. study_plateau.yaml: docs/demo-study-plateau.md) gets its own page, `publish_reading` saying what it is."""
+    """Where `--publish` puts a study's report: docs/<publish_name>.md, docs/demo-study.md (the main study's
+    page, with the notes) when the config names none; a page other than the main one (e.g. study_plateau.yaml:
+    docs/demo-study-plateau.md) gets `publish_reading` saying what it is."""
     name = cfg.get("publish_name")
     if not name:
         return {}
@@ -72,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if flips else 0
     if args.publish and not args.study:
         raise SystemExit("--publish goes with --study (it publishes the study's report)")
-    names = {(False, False): "demo.yaml", (True, False): "quick.yaml", (False, True): "study.yaml",
+    names = {(False, False): "demo.yaml", (True, False): "quick.yaml", (False, True): STUDY_CONFIG,
              (True, True): "study_quick.yaml"}
     config = args.config or DEMO_EXPERIMENTS / names[(args.quick, args.study)]
     if args.seeds is not None:

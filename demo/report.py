@@ -42,10 +42,10 @@ MAKE3D_COLUMNS = ["abs_rel", "sq_rel", "rmse"]
 STUDY_VERDICTS = REPO_ROOT / "docs" / "demo-study.json"
 STUDY_NAME = "demo-study"  # the main study's page: docs/<STUDY_NAME>.md (.json, figures in docs/<STUDY_NAME>/)
 STUDY_REPORT = f"docs/{STUDY_NAME}.md"
-# the study trained until every validated row plateaued (make demo-study-until-plateau): cited in a second column
-PLATEAU_STUDY_NAME = "demo-study-until-plateau"
-PLATEAU_STUDY_VERDICTS = REPO_ROOT / "docs" / f"{PLATEAU_STUDY_NAME}.json"
-PLATEAU_STUDY_REPORT = f"docs/{PLATEAU_STUDY_NAME}.md"
+# the main study's second study (seeds 100-102, the stability check): cited in a second column
+SECOND_STUDY_NAME = "demo-study-seed100"
+SECOND_STUDY_VERDICTS = REPO_ROOT / "docs" / f"{SECOND_STUDY_NAME}.json"
+SECOND_STUDY_REPORT = f"docs/{SECOND_STUDY_NAME}.md"
 DEPTH_FLOOR = "Floor: per-pixel mean training depth"  # names as in demo/floors.py (not imported: torch-free)
 FACES_FLOOR = "Floor: frontal normal, mean training lighting"
 ALL_FOREGROUND = "Floor: all foreground"
@@ -548,7 +548,7 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     study_mode = OmegaConf.select(cfg, "study.enabled", default=False)
     command = command or ("python -m demo --study" if study_mode else "python -m demo")
     study = None if study_mode else study_verdicts()
-    plateau_study = None if study_mode else study_verdicts(PLATEAU_STUDY_VERDICTS)
+    second_study = None if study_mode else study_verdicts(SECOND_STUDY_VERDICTS)
     reused = sum(entry.get("status") == "cached" for entry in status.values())
     reuse = f"{reused} of {len(status)} stages reused from an earlier run" if reused else "every stage ran"
     device = "" if str(cfg.get("device") or "cpu") == "cpu" else f", device = {cfg.device}"  # demo.plan.device_of
@@ -566,12 +566,12 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     if seeds < 2:
         lines += ["**The verdicts below are indicative**: one training seed, so the rule's noise is the evaluation "
                   "noise only (bootstrap over test images); seed-to-seed variation is not measured. "
-                  + (f"The study (`make demo-study`, {STUDY_REPORT}: {study.get('seeds', '?')} seeds, lengths sized "
-                     "from learning curves, rows not plateaued flagged) gives the verdicts to cite; they are in the "
-                     "column \"study verdict\"."
-                     + (f" The study trained until every validated row plateaued (`make demo-study-until-plateau`, "
-                        f"{PLATEAU_STUDY_REPORT}: {plateau_study.get('seeds', '?')} seeds; longer than the 90-minute "
-                        "budget) is in the column \"until plateau\"." if plateau_study else "")
+                  + (f"The study (`make demo-study`, {STUDY_REPORT}: {study.get('seeds', '?')} seeds from seed "
+                     f"{study.get('first_seed', '?')}, every validated row trained until it plateaus) gives the "
+                     "verdicts to cite; they are in the column \"study verdict\"."
+                     + (f" Its second study, the stability check ({SECOND_STUDY_REPORT}: "
+                        f"{second_study.get('seeds', '?')} seeds from seed {second_study.get('first_seed', '?')}), "
+                        "is in the column \"second study\"." if second_study else "")
                      if study else f"Cite the study's verdicts ({STUDY_REPORT}, `make demo-study`) instead; it has "
                                    "not been published in this checkout yet."), ""]
     lines += ["## Stages", "",
@@ -617,7 +617,7 @@ def write_report(cfg, status: Mapping, seconds: float = 0.0, figures: bool = Tru
     claim_list = claims(status, depth_rows, face_rows, seg_rows, PerImage.from_status(status))
     curve_lines = _learning_curve_lines(status, cfg, root, claim_list)
     cited = [(header, data.get("claims", {})) for header, data in (("study verdict", study),
-                                                                     ("until plateau", plateau_study)) if data]
+                                                                     ("second study", second_study)) if data]
     lines += ["", "## The dissertation's claims on the miniature", "",
               "Rule (demo/verdicts.py): margin = improvement of the claimed-better method on the headline metric, "
               f"paired by training seed; **{REPRODUCED}** when the mean margin exceeds two standard errors of the "

@@ -25,8 +25,8 @@ def test_demo_quick_end_to_end_then_cached(tmp_path):
     assert "**The verdicts below are indicative**" in report and "## Sanity floors" in report
     assert "s (every stage ran)." in report  # the first line says whether anything was reused
     # the committed studies' verdicts are cited beside the run's own, one column each
-    header = "| claim | verdict | margin | study verdict | until plateau |"
-    assert header in report and "make demo-study-until-plateau" in report
+    header = "| claim | verdict | margin | study verdict | second study |"
+    assert header in report and "docs/demo-study-seed100.md" in report
     claims = json.loads((out / "claims.json").read_text())
     assert len(claims) >= 12
     rule = {"reproduced", "contradicted", "inconclusive", "untestable here"}

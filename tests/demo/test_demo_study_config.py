@@ -259,9 +259,30 @@ def test_the_90_minute_until_plateau_study_adds_only_the_cpu_switches_and_the_ch
 def test_the_plateau_study_publishes_to_its_own_page():
     from demo.__main__ import publish_options
 
-    assert publish_options(load_config(DEMO_EXPERIMENTS / "study.yaml")) == {}  # docs/demo-study.md
     options = publish_options(load_config(DEMO_EXPERIMENTS / "study_plateau.yaml"))
     assert options["name"] == "demo-study-plateau" and "docs/demo-study.md" in options["reading"]
+    fixed = publish_options(load_config(DEMO_EXPERIMENTS / "study.yaml"))  # the main study until 2026-12-05
+    assert fixed["name"] == "demo-study-fixed" and "docs/demo-study.md" in fixed["reading"]
+
+
+def test_python_m_demo_study_is_the_90_minute_until_plateau_study_and_publishes_the_main_page(capsys):
+    """`--study` (make demo-study) runs study_until_plateau_90min.yaml: every validated run stops at its plateau,
+    and `--publish` writes the main page docs/demo-study.md (the notes appended); the second study of the
+    stability check (make demo-study-seed100) is the same config at other seeds under another page name, whose
+    reading points to the main page."""
+    from demo.__main__ import STUDY_CONFIG, main, publish_options
+    from demo.report import SECOND_STUDY_NAME, STUDY_NAME
+
+    assert STUDY_CONFIG == "study_until_plateau_90min.yaml"
+    cfg = load_config(DEMO_EXPERIMENTS / STUDY_CONFIG)
+    assert publish_options(cfg)["name"] == STUDY_NAME == "demo-study" and int(cfg.seeds) == 3
+    study = _stages(STUDY_CONFIG)
+    for name in ("faces", "ldznet"):  # the image-only floor trains with ldznet_train's config (test above)
+        assert study[name]["composed"]["schedule"]["stop_at_plateau"]["enabled"], name
+    second = publish_options(load_config(DEMO_EXPERIMENTS / STUDY_CONFIG, [f"publish_name={SECOND_STUDY_NAME}"]))
+    assert second["name"] == "demo-study-seed100" and "docs/demo-study.md" in second["reading"]
+    assert main(["--study", "--list"]) == 0  # the CLI composes that config (stage list only, nothing runs)
+    assert "floor_image_only" in capsys.readouterr().out
 
 
 def test_the_square_root_probe_changes_only_the_chapter3_batch_rate_and_step_counts():
