@@ -175,6 +175,23 @@ def combine_seeds(ctx: StageContext, **extra) -> dict:
 
 # ----------------------------------------------------------------------------------------------- chapter 3
 
+# Chapter-3 training seconds per step on one CPU thread, relative to RGBNet, from the two 90-minute until-plateau
+# studies' parts (docs/demo-study-notes.md, "The runs"): RGBNet ~0.125 s, ZNet ~0.15, LD-ZNet (either injection)
+# ~0.17-0.18: the LDM-feature models run the frozen denoising UNet too. Only the order of the parts uses it.
+CHAPTER3_STEP_COST = {"rgbnet": 1.0, "znet": 1.2, "ldznet": 1.4, "ldznet_concat": 1.4}
+
+
+def ldznet_training_parts(seeds: list[int], variants: list[str]) -> list[str]:
+    """ldznet_train's parts, "seed<seed>_<variant>", the costliest models first across the seeds: with `jobs`
+    workers, long units first leave a shorter one-worker tail (longest-processing-time-first list scheduling).
+    A run that stops at its plateau has no length known in advance, so the cost per step orders them (a variant
+    not in CHAPTER3_STEP_COST counts as the costliest). Changes no number: each part trains alone, seeded by
+    itself, and the evaluation reads its parts in the config's variant order (run_ldznet_seed)."""
+    costliest = max(CHAPTER3_STEP_COST.values())
+    order = sorted(variants, key=lambda variant: -CHAPTER3_STEP_COST.get(variant, costliest))  # stable
+    return [f"seed{seed}_{variant}" for variant in order for seed in seeds]
+
+
 def ldznet_variants(config: dict) -> list[str]:
     composed_config = config.get("composed") or {}
     return [str(v) for v in (composed_config.get("pipeline") or {}).get("variants", [])]
@@ -202,8 +219,10 @@ def run_ldznet_seed(ctx: StageContext, part: str, folder: Path) -> dict:
     except ImportError as error:
         raise StageNotRunnable(f"ldznet.pipeline cannot be imported: {error}") from error
     seed = seed_of(part)
-    trained = {run["variant"]: run for name, run in ctx.results["ldznet_train"]["parts"].items()
-               if seed_of(name) == seed}
+    parts = ctx.results["ldznet_train"]["parts"]  # in the scheduling order: read them in the config's variant order
+    order = ldznet_variants(ctx.config)
+    trained = {run["variant"]: run for run in sorted(
+        (run for name, run in parts.items() if seed_of(name) == seed), key=lambda run: order.index(run["variant"]))}
     cfg = ldznet_seed_config(ctx, seed, folder)
     evaluated = {variant: evaluated_checkpoint(run, ctx.config.get("chapter3_weights"))
                  for variant, run in trained.items()}
@@ -308,15 +327,15 @@ def build_stages(cfg: DictConfig) -> list[Stage]:
               parts=per_seed, run_part=partial(run_chapter2_seed, "depth", "world_street", depth_data_overrides),
               requires=("sharingan.pipeline", "sharingan.tasks.depth"), code=("sharingan", "common"),
               description="Chapter 2 depth: pretrain G and T, SharinGAN and ablations, KITTI + Make3D"),
-        # the image-only floor's parts (~600 s each on one CPU thread) before the shorter Chapter-3 training parts
-        # (220-470 s): long units first leave less of a one-worker tail (2 workers, measured unit times of the
-        # 90-minute until-plateau study replayed: 5348 -> 5190 s; docs/demo-study-notes.md)
+        # the image-only floor's parts (~600 s each on one CPU thread) before the Chapter-3 training parts (160-
+        # 1160 s), those costliest model first: long units first leave less of a one-worker tail (the scheduler
+        # replayed on both 90-minute studies' unit times; docs/demo-study-notes.md, "The runs")
         Stage("floor_image_only", combine_seeds, image_only, needs=("world_shapes", "tiny_ldm"),
               parts=per_seed, run_part=floors.fit_image_only, requires=("ldznet.pipeline",),
               code=("demo.floors", "demo.data_overrides", "ldznet", "common"),
               description="segmentation floor: the image-only model (one fixed phrase), trained per seed"),
         Stage("ldznet_train", combine_parts, training, needs=("world_shapes", "tiny_ldm"),
-              parts=[f"seed{seed}_{variant}" for seed in seeds for variant in variants],
+              parts=ldznet_training_parts(seeds, variants),
               run_part=run_ldznet_training, requires=("ldznet.pipeline",), code=("ldznet", "common"),
               description="Chapter 3 training: RGBNet, ZNet, LD-ZNet, concat, one part per (seed, model)"),
         Stage("probe", run_probe, chapter("probe"), needs=("world_shapes", "tiny_ldm"),

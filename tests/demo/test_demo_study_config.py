@@ -302,3 +302,36 @@ def test_the_square_root_probe_changes_only_the_chapter3_batch_rate_and_step_cou
                 "trainer.val_check_interval", "trainer.checkpoint_every_n_steps"):
         OmegaConf.update(composed, key, OmegaConf.select(reference, key))
     assert composed == reference
+
+
+def test_chapter3_training_parts_start_with_the_costliest_models_and_are_evaluated_in_the_config_order(
+        monkeypatch, tmp_path):
+    """ldznet_train's parts are handed to the workers costliest model first, across the seeds (the LDM-feature
+    models, then ZNet, then RGBNet; docs/demo-study-notes.md, "The runs": a late long part left one worker alone
+    for ~15 min), and the evaluation still passes each seed's checkpoints in the config's variant order, so the
+    order of the parts changes no number."""
+    import ldznet.pipeline
+    from demo import plan
+
+    study = {stage.name: stage for stage in build_stages(load_config(DEMO_EXPERIMENTS / "study.yaml"))}
+    variants = plan.ldznet_variants(study["ldznet"].config)
+    assert variants == ["rgbnet", "znet", "ldznet", "ldznet_concat"]
+    assert study["ldznet_train"].parts == [
+        "seed0_ldznet", "seed1_ldznet", "seed2_ldznet", "seed0_ldznet_concat", "seed1_ldznet_concat",
+        "seed2_ldznet_concat", "seed0_znet", "seed1_znet", "seed2_znet", "seed0_rgbnet", "seed1_rgbnet", "seed2_rgbnet"]
+    assert plan.ldznet_training_parts([7], ["rgbnet", "new_model"]) == ["seed7_new_model", "seed7_rgbnet"]
+
+    parts = {name: {"variant": name.split("_", 1)[1], "run_dir": f"/runs/{name}", "segmenter": f"/runs/{name}.pt"}
+             for name in study["ldznet_train"].parts}
+    seen = []
+
+    def fake_pipeline(cfg):
+        seen.append(list(cfg.pipeline.checkpoints))
+        return {"runs": list(cfg.pipeline.checkpoints), "results": {}}
+
+    monkeypatch.setattr(ldznet.pipeline, "run_pipeline", fake_pipeline)
+    monkeypatch.setattr(plan, "ldznet_seed_config", lambda ctx, seed, folder: OmegaConf.create({"pipeline": {}}))
+    context = SimpleNamespace(config=study["ldznet"].config, results={"ldznet_train": {"parts": parts}})
+    result = plan.run_ldznet_seed(context, "seed1", tmp_path)
+    assert seen == [variants] and list(result["runs"]) == variants
+    assert result["runs"]["znet"]["segmenter"] == "/runs/seed1_znet.pt"
