@@ -219,10 +219,8 @@ def run_ldznet_seed(ctx: StageContext, part: str, folder: Path) -> dict:
     except ImportError as error:
         raise StageNotRunnable(f"ldznet.pipeline cannot be imported: {error}") from error
     seed = seed_of(part)
-    parts = ctx.results["ldznet_train"]["parts"]  # in the scheduling order: read them in the config's variant order
-    order = ldznet_variants(ctx.config)
-    trained = {run["variant"]: run for run in sorted(
-        (run for name, run in parts.items() if seed_of(name) == seed), key=lambda run: order.index(run["variant"]))}
+    runs = {run["variant"]: run for name, run in ctx.results["ldznet_train"]["parts"].items() if seed_of(name) == seed}
+    trained = {variant: runs[variant] for variant in ldznet_variants(ctx.config)}  # the config's order, not the queue's
     cfg = ldznet_seed_config(ctx, seed, folder)
     evaluated = {variant: evaluated_checkpoint(run, ctx.config.get("chapter3_weights"))
                  for variant, run in trained.items()}
